@@ -118,35 +118,55 @@ def prepare_image(
     return img
 
 
-def _join_boxes(items: list[tuple[np.ndarray, str]]) -> str:
-    """Join detected text boxes into one string: lines top-to-bottom, boxes left-to-right.
+def _group_lines(items: list[tuple[np.ndarray, str]]) -> list[list[tuple[np.ndarray, str]]]:
+    """Group detected boxes into text lines (top-to-bottom), each sorted left-to-right.
 
     Two boxes are on the same line when their vertical centres differ by less than half the
     smaller box height; that tolerates slight baseline jitter without merging stacked lines.
     """
-    if not items:
-        return ""
-    boxes = []
+    geo = []
     for box, text in items:
         pts = np.asarray(box, dtype=float).reshape(-1, 2)
         y0, y1 = pts[:, 1].min(), pts[:, 1].max()
-        boxes.append(((y0 + y1) / 2, y1 - y0, pts[:, 0].min(), text))
-    boxes.sort(key=lambda b: b[0])
-    lines: list[list[tuple[float, float, float, str]]] = []
-    for b in boxes:
+        geo.append(((y0 + y1) / 2, y1 - y0, pts[:, 0].min(), (box, text)))
+    geo.sort(key=lambda g: g[0])
+    lines: list[list[tuple[float, float, float, tuple[np.ndarray, str]]]] = []
+    for g in geo:
         if lines:
             last = lines[-1]
             ref_cy = float(np.mean([x[0] for x in last]))
             ref_h = min(x[1] for x in last)
-            if abs(b[0] - ref_cy) < 0.5 * max(1.0, min(ref_h, b[1])):
-                last.append(b)
+            if abs(g[0] - ref_cy) < 0.5 * max(1.0, min(ref_h, g[1])):
+                last.append(g)
                 continue
-        lines.append([b])
-    parts = []
-    for line in lines:
-        line.sort(key=lambda b: b[2])
-        parts.append(" ".join(b[3].strip() for b in line if b[3].strip()))
-    return " ".join(p for p in parts if p)
+        lines.append([g])
+    return [[x[3] for x in sorted(line, key=lambda x: x[2])] for line in lines]
+
+
+def _join_boxes(items: list[tuple[np.ndarray, str]]) -> str:
+    """Join detected text boxes into one string: lines top-to-bottom, boxes left-to-right."""
+    return " ".join(t.strip() for line in _group_lines(items) for _, t in line if t.strip())
+
+
+def autocrop(image: Image.Image, *, margin: float = 0.15, threshold: int = 40) -> Image.Image:
+    """Crop to the pixels that differ from the edge colour, plus a margin (fraction of the height).
+
+    The recogniser is trained on tight line crops; this emulates the detector's crop when it is
+    skipped. Returns the image unchanged when nothing differs from the background.
+    """
+    arr = np.asarray(image.convert("RGB")).astype(np.int16)
+    bg = np.asarray(edge_colour(image.convert("RGB")), dtype=np.int16)
+    mask = np.abs(arr - bg).max(axis=-1) > threshold
+    if not mask.any():
+        return image
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    m = round(margin * (y1 - y0))
+    colour = edge_colour(image.convert("RGB"))
+    crop = image.convert("RGB").crop((x0, y0, x1, y1))
+    out = Image.new("RGB", (crop.size[0] + 2 * m, crop.size[1] + 2 * m), colour)
+    out.paste(crop, (m, m))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,8 +200,18 @@ class RapidOCRBackend:
         det_fallback: bool = True,
         use_cls: bool = False,
         text_score: float = 0.5,
+        line_rec: bool = False,
+        line_margin: float = 0.1,
+        rerec_single: bool = False,
+        autocrop: bool = False,
+        autocrop_margin: float = 0.15,
         **engine_kwargs: Any,
     ) -> None:
+        self.line_rec = line_rec
+        self.line_margin = line_margin
+        self.rerec_single = rerec_single
+        self.autocrop = autocrop
+        self.autocrop_margin = autocrop_margin
         self.min_height = min_height
         self.pad = pad
         self.use_det = use_det
@@ -205,20 +235,40 @@ class RapidOCRBackend:
             self._engine = RapidOCR(**kwargs)
         return self._engine
 
-    def _read_one(self, image: Image.Image) -> str:
-        img = prepare_image(image, min_height=self.min_height, pad=self.pad, mode="RGB")
-        engine = self.engine
-        if self.use_det:
-            result, _ = engine(img, use_det=True, use_cls=self.use_cls, use_rec=True)
-            if result:
-                return _join_boxes([(r[0], r[1]) for r in result])
-            if not self.det_fallback:
-                return ""
-        result, _ = engine(img, use_det=False, use_cls=self.use_cls, use_rec=True)
+    def _recognise(self, img: Image.Image) -> str:
+        """Recognition only, treating ``img`` as a single text line."""
+        result, _ = self.engine(img, use_det=False, use_cls=self.use_cls, use_rec=True)
         if not result:
             return ""
         text, score = result[0][0], float(result[0][1])
         return text.strip() if score >= self.text_score else ""
+
+    def _read_one(self, image: Image.Image) -> str:
+        img = prepare_image(image, min_height=self.min_height, pad=self.pad, mode="RGB")
+        if self.use_det:
+            result, _ = self.engine(img, use_det=True, use_cls=self.use_cls, use_rec=True)
+            if result:
+                items = [(np.asarray(r[0], dtype=float), r[1]) for r in result]
+                if not self.line_rec:
+                    return _join_boxes(items)
+                texts = []
+                for line in _group_lines(items):
+                    pts = np.concatenate([b for b, _ in line]).reshape(-1, 2)
+                    x0, y0 = pts.min(axis=0)
+                    x1, y1 = pts.max(axis=0)
+                    m = self.line_margin * (y1 - y0)
+                    box = (max(0, int(x0 - m)), max(0, int(y0 - m)),
+                           min(img.size[0], int(np.ceil(x1 + m))), min(img.size[1], int(np.ceil(y1 + m))))
+                    if len(line) == 1 and not self.rerec_single:
+                        texts.append(line[0][1].strip())
+                    else:
+                        texts.append(self._recognise(img.crop(box)))
+                return " ".join(t for t in texts if t)
+            if not self.det_fallback:
+                return ""
+        if self.autocrop:
+            img = autocrop(img, margin=self.autocrop_margin)
+        return self._recognise(img)
 
     def read(self, images: Sequence[Image.Image]) -> list[str]:
         return [self._read_one(im) for im in images]
