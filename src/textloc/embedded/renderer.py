@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import string
 from dataclasses import asdict, dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +93,7 @@ class SignSpec:
         return asdict(self)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _font(style: str) -> ImageFont.FreeTypeFont:
     import matplotlib
 
@@ -105,7 +105,7 @@ def _font(style: str) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(str(path), size)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _glyph(style: str, char: str) -> Image.Image:
     """An 'L' mask of one glyph, cropped to its ink and squeezed to fit a cell (supersampled scale)."""
     font = _font(style)

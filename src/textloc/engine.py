@@ -1,0 +1,350 @@
+"""The patching engine: run any supported pipeline under a ``PatchPlan``.
+
+Design, in one paragraph. Every text-reading attention layer makes its text keys and values with two linear
+projections (``to_k``/``to_v`` for cross-attention and FLUX single-stream blocks, ``add_k_proj``/
+``add_v_proj`` for MMDiT joint attention and DeepFloyd IF). The engine puts a forward hook on exactly those
+projections and, at the planned steps, replaces their output rows (and, for single-stream blocks, only the
+leading text tokens; optionally only some heads' columns) with the values the *target* prompt produced.
+Queries and image-token K/V are never touched, attention processors are never replaced, so any processor
+(SDPA, sliced, xformers, a user's own) keeps working. The current step is *pushed in* by the pipeline itself:
+a pre-hook on the denoiser reads the ``timestep`` argument and looks it up in ``scheduler.timesteps`` -- no
+global counters, no counting of layer calls.
+
+Where the target values come from:
+* static layers (U-Net/DiT cross-attention, IF added K/V): text K/V depend on the prompt only, so one
+  denoiser call of the target prompt records them and they are reused at every step (= *injection* of the
+  target embeddings, as in the paper);
+* dynamic layers (MMDiT joint attention, FLUX single-stream): text tokens evolve with the image, so the
+  target prompt is run with the same noise and its K/V are recorded per (layer, step, call) (= *patching*).
+
+All hooks live inside a context manager and are removed in ``finally``, also when the pipeline raises.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import InputError, PlanMismatchError, PlanNeverFiredError
+from .layers import SINGLE_STREAM, TextLayer, architecture_of, get_denoiser, model_fingerprint, resolve_layers
+from .plan import PatchPlan
+
+
+class _RecordingDone(Exception):
+    """Raised inside the target run once everything the plan needs is recorded (saves the rest of the run)."""
+
+
+@dataclass
+class PatchState:
+    """Everything one patched run needs; lives for one ``generate`` call, never on the model."""
+
+    plan: PatchPlan
+    layers: list[TextLayer]
+    scheduler: Any
+    n_images: int | None
+    mode: str = "off"  # "record" | "replace" | "off"
+    step: int = -1
+    call: int = 0
+    calls_seen: int = 0
+    n_text_tokens: int | None = None
+    rows: list[int] | None = None
+    static: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    dynamic: dict[tuple[str, str, int, int], torch.Tensor] = field(default_factory=dict)
+    pooled: Any = None
+    fired: dict[str, set[int]] = field(default_factory=dict)
+
+    # -- step bookkeeping ---------------------------------------------------------------------------------
+    def step_of(self, timestep: Any) -> int:
+        timesteps = getattr(self.scheduler, "timesteps", None)
+        if timesteps is None or len(timesteps) == 0:
+            raise PlanMismatchError("The pipeline has no scheduler timesteps; cannot tell which step runs")
+        t = torch.as_tensor(timestep).flatten()[0].to(torch.float64).cpu()
+        ts = torch.as_tensor(timesteps).to(torch.float64).cpu()
+        best = min((torch.abs(ts * scale - t) for scale in (1.0, 1e-3)), key=lambda d: float(d.min()))
+        return int(torch.argmin(best))
+
+    def enter_call(self, timestep: Any, batch: int) -> None:
+        step = self.step_of(timestep)
+        self.call = self.call + 1 if step == self.step else 0
+        self.step = step
+        self.calls_seen += 1
+        self.rows = self._rows(batch)
+
+    def _rows(self, batch: int) -> list[int]:
+        """Batch rows to patch at this call, following the plan's CFG branch policy."""
+        if self.plan.branches == "both":
+            return list(range(batch))
+        if self.n_images is None:
+            raise InputError("branches='cond' needs to know the number of images; use textloc.generate")
+        if batch == 2 * self.n_images:  # diffusers' layout: [uncond, cond]
+            return list(range(self.n_images, batch))
+        if batch == self.n_images:  # no CFG in the batch: guidance off, or separate calls (cond first)
+            return list(range(batch)) if self.call == 0 else []
+        raise PlanMismatchError(
+            f"Expected a denoiser batch of {self.n_images} or {2 * self.n_images} rows, but got {batch}"
+        )
+
+
+def _timestep_arg(args: tuple, kwargs: dict) -> Any:
+    if "timestep" in kwargs:
+        return kwargs["timestep"]
+    if len(args) > 1:
+        return args[1]
+    raise PlanMismatchError("The denoiser was called without a timestep; cannot tell which step runs")
+
+
+def _batch_arg(args: tuple, kwargs: dict) -> int:
+    for value in (*args[:1], kwargs.get("sample"), kwargs.get("hidden_states")):
+        if isinstance(value, torch.Tensor):
+            return value.shape[0]
+    raise PlanMismatchError("Cannot find the denoiser's input batch")
+
+
+def _get_pooled(kwargs: dict, key: str) -> torch.Tensor | None:
+    if key == "text_embeds":
+        return (kwargs.get("added_cond_kwargs") or {}).get("text_embeds")
+    return kwargs.get(key)
+
+
+def _set_pooled(kwargs: dict, key: str, value: torch.Tensor) -> None:
+    if key == "text_embeds":
+        kwargs["added_cond_kwargs"] = {**kwargs["added_cond_kwargs"], "text_embeds": value}
+    else:
+        kwargs[key] = value
+
+
+def _replace_rows(state: PatchState, layer: TextLayer, module: nn.Module, output: torch.Tensor,
+                  source: torch.Tensor) -> torch.Tensor:
+    tokens = slice(0, state.n_text_tokens) if layer.kind == SINGLE_STREAM else slice(None)
+    current = output[:, tokens]
+    if source.shape != current.shape:
+        raise PlanMismatchError(
+            f"{layer.name}: recorded text K/V of shape {tuple(source.shape)} do not fit this run's "
+            f"{tuple(current.shape)} (a different batch layout, prompt length or model)"
+        )
+    rows = state.rows or []
+    new = output.clone()
+    patch = source[rows].to(output.dtype)
+    if state.plan.heads is not None:
+        heads = module._textloc_heads
+        head_dim = output.shape[-1] // heads
+        bad = [h for h in state.plan.heads if h >= heads]
+        if bad:
+            raise InputError(f"Expected head indices < {heads} for {layer.name}, but got {bad}")
+        mask = torch.zeros(output.shape[-1], dtype=torch.bool, device=output.device)
+        for h in state.plan.heads:
+            mask[h * head_dim : (h + 1) * head_dim] = True
+        patch = torch.where(mask, patch, current[rows])
+    new[rows, tokens] = patch
+    return new
+
+
+def _kv_hook(state: PatchState, layer: TextLayer, which: str):
+    def hook(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if state.mode == "record":
+            if layer.static:
+                state.static.setdefault((layer.name, which), output.detach().clone())
+            elif state.plan.active(state.step):
+                tokens = slice(0, state.n_text_tokens) if layer.kind == SINGLE_STREAM else slice(None)
+                state.dynamic[(layer.name, which, state.step, state.call)] = output[:, tokens].detach().clone()
+            return None
+        if state.mode != "replace" or not state.plan.active(state.step) or not state.rows:
+            return None
+        if layer.static:
+            source = state.static.get((layer.name, which))
+        else:
+            source = state.dynamic.get((layer.name, which, state.step, state.call))
+        if source is None:
+            raise PlanMismatchError(
+                f"No recorded target K/V for {layer.name} at step {state.step} (call {state.call}); the target "
+                "run took a different path than the source run"
+            )
+        state.fired.setdefault(layer.name, set()).add(state.step)
+        return _replace_rows(state, layer, module, output, source)
+
+    return hook
+
+
+@contextmanager
+def patch_hooks(pipe: Any, state: PatchState) -> Iterator[PatchState]:
+    """Install the engine's hooks for ``state`` on ``pipe``'s denoiser; always removes them on exit."""
+    denoiser = get_denoiser(pipe)
+    arch = architecture_of(denoiser)
+    modules = dict(denoiser.named_modules())
+    handles = []
+    pooled_key = arch.pooled_kwarg if state.plan.pooled else None
+    if state.plan.pooled and pooled_key is None:
+        raise InputError(f"{type(denoiser).__name__} has no pooled text embedding; set pooled=False")
+    needs_all_steps = any(not layer.static for layer in state.layers)
+    last_step = None if state.plan.end_step is None else state.plan.end_step - 1
+
+    def pre_hook(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if state.mode == "off":
+            return None
+        step_before = state.step
+        state.enter_call(_timestep_arg(args, kwargs), _batch_arg(args, kwargs))
+        if state.mode == "record" and needs_all_steps and last_step is not None and state.step > last_step:
+            state.step = step_before
+            raise _RecordingDone
+        text = kwargs.get("encoder_hidden_states")
+        state.n_text_tokens = text.shape[1] if isinstance(text, torch.Tensor) else None
+        if pooled_key is None:
+            return None
+        if state.mode == "record":
+            if state.pooled is None:
+                pooled = _get_pooled(kwargs, pooled_key)
+                state.pooled = None if pooled is None else pooled.detach().clone()
+            return None
+        if state.mode == "replace" and state.plan.active(state.step) and state.rows:
+            current = _get_pooled(kwargs, pooled_key)
+            if current is None or state.pooled is None or current.shape != state.pooled.shape:
+                raise PlanMismatchError("The pooled text embedding of the target run does not fit the source")
+            new = current.clone()
+            new[state.rows] = state.pooled[state.rows].to(current.dtype)
+            _set_pooled(kwargs, pooled_key, new)
+            state.fired.setdefault("<pooled>", set()).add(state.step)
+            return args, kwargs
+        return None
+
+    def post_hook(_module: nn.Module, _args: tuple, _kwargs: dict, _output: Any) -> None:
+        if state.mode == "record" and not needs_all_steps:
+            raise _RecordingDone  # static K/V and pooled embeddings are complete after one call
+
+    try:
+        handles.append(denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        handles.append(denoiser.register_forward_hook(post_hook, with_kwargs=True))
+        for layer in state.layers:
+            attn = modules[layer.name]
+            for which, proj in (("k", layer.key_proj), ("v", layer.value_proj)):
+                proj_module = getattr(attn, proj)
+                proj_module._textloc_heads = attn.heads
+                handles.append(proj_module.register_forward_hook(_kv_hook(state, layer, which)))
+        yield state
+    finally:
+        for handle in handles:
+            handle.remove()
+        for layer in state.layers:
+            for proj in (layer.key_proj, layer.value_proj):
+                proj_module = getattr(modules[layer.name], proj)
+                if hasattr(proj_module, "_textloc_heads"):
+                    del proj_module._textloc_heads
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The public entry point
+
+
+@dataclass
+class PatchResult:
+    """What a patched run produced and what actually fired."""
+
+    images: Any
+    plan: PatchPlan
+    layers: list[TextLayer]
+    fired: dict[str, list[int]]
+
+
+def default_steps(pipe: Any) -> int:
+    """The pipeline's default ``num_inference_steps`` (read from its ``__call__`` signature)."""
+    parameter = inspect.signature(pipe.__call__).parameters.get("num_inference_steps")
+    if parameter is None or not isinstance(parameter.default, int):
+        raise InputError("Pass num_inference_steps explicitly for this pipeline")
+    return parameter.default
+
+
+def _generator_state(generator: Any) -> Any:
+    if generator is None:
+        return None
+    if isinstance(generator, torch.Generator):
+        return generator.get_state()
+    return [g.get_state() for g in generator]
+
+
+def _restore_generator(generator: Any, saved: Any) -> None:
+    if generator is None:
+        return
+    if isinstance(generator, torch.Generator):
+        generator.set_state(saved)
+    else:
+        for g, s in zip(generator, saved, strict=True):
+            g.set_state(s)
+
+
+def _as_list(prompt: str | Sequence[str]) -> list[str]:
+    return [prompt] if isinstance(prompt, str) else list(prompt)
+
+
+def generate(
+    pipe: Any,
+    prompt: str | Sequence[str],
+    plan: PatchPlan | None = None,
+    *,
+    target_prompt: str | Sequence[str] | None = None,
+    **call_kwargs: Any,
+) -> PatchResult:
+    r"""Run ``pipe(prompt, **call_kwargs)`` with the target's text information patched in as ``plan`` says.
+
+    Args:
+        pipe: a supported diffusers pipeline.
+        prompt: the source prompt(s).
+        plan: the patch plan; ``None`` or an empty plan runs the plain pipeline (bit-identical).
+        target_prompt: overrides ``plan.target_prompt``.
+        call_kwargs: passed unchanged to both the target and the source run (seed via ``generator``).
+
+    Returns:
+        ``PatchResult`` with the pipeline's images and, per layer, the steps at which the patch fired.
+
+    Raises:
+        UnknownLayerError, StepWindowError, PlanMismatchError, PlanNeverFiredError, InputError.
+    """
+    plan = plan or PatchPlan()
+    if plan.empty:
+        return PatchResult(pipe(prompt, **call_kwargs).images, plan, [], {})
+    for banned in ("prompt_embeds", "latents_callback"):
+        if banned in call_kwargs:
+            raise InputError(f"`{banned}` is not supported under a patch plan; pass prompts instead")
+    layers = resolve_layers(pipe, plan.layers)
+    if plan.model is not None and plan.model != model_fingerprint(pipe):
+        raise PlanMismatchError(
+            f"This plan was made for {plan.model}, but the model is {model_fingerprint(pipe)}"
+        )
+    steps = call_kwargs.get("num_inference_steps") or default_steps(pipe)
+    plan.validate_steps(steps)
+    target = target_prompt if target_prompt is not None else plan.target_prompt
+    if target is None:
+        raise InputError("A patch plan needs a target prompt (plan.target_prompt or target_prompt=...)")
+    prompts, targets = _as_list(prompt), _as_list(target)
+    if len(targets) == 1 and len(prompts) > 1:
+        targets = targets * len(prompts)
+    if len(targets) != len(prompts):
+        raise InputError(f"Expected {len(prompts)} target prompts, but got {len(targets)}")
+    n_images = len(prompts) * call_kwargs.get("num_images_per_prompt", 1)
+
+    generator = call_kwargs.get("generator")
+    if generator is None and "latents" not in call_kwargs and any(not layer.static for layer in layers):
+        # Dynamic K/V must come from a target run with the *same* noise as the source run.
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        generator = call_kwargs["generator"] = torch.Generator("cpu").manual_seed(seed)
+    saved = _generator_state(generator)
+    state = PatchState(plan, layers, pipe.scheduler, n_images)
+    with patch_hooks(pipe, state):
+        state.mode = "record"
+        try:
+            pipe(targets, **call_kwargs)
+        except _RecordingDone:
+            pass
+        _restore_generator(generator, saved)
+        state.mode, state.step, state.call = "replace", -1, 0
+        output = pipe(prompts, **call_kwargs)
+    never = [layer.name for layer in layers if layer.name not in state.fired]
+    if never:
+        raise PlanNeverFiredError(f"These layers were never patched during the run: {never}")
+    fired = {name: sorted(steps) for name, steps in state.fired.items()}
+    return PatchResult(output.images, plan, layers, fired)
+

@@ -1,0 +1,98 @@
+"""The published localized layers, as named presets that check themselves against the model.
+
+From "Precise Parameter Localization for Textual Generation in Diffusion Models" (ICLR 2025). Indices are in
+execution order (see ``layers.list_text_layers``); each preset also records the layer *names* the index must
+map to, and the total number of text layers, so applying it to a model whose layout differs fails clearly
+instead of patching the wrong layer. The mappings are confirmed in tests on structure-faithful tiny models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import PlanMismatchError
+from .layers import get_denoiser, list_text_layers
+from .plan import PatchPlan
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Published localized layers of one model."""
+
+    name: str
+    denoiser: str
+    total_layers: int
+    indices: tuple[int, ...]
+    names: tuple[str, ...]
+    start_step: int
+    num_inference_steps: int
+    description: str
+
+    def check(self, model: Any) -> list[str]:
+        """The preset's layer names, after checking that ``model`` has the published layout."""
+        denoiser = get_denoiser(model)
+        layers = list_text_layers(denoiser)
+        found = type(denoiser).__name__
+        if found != self.denoiser or len(layers) != self.total_layers:
+            raise PlanMismatchError(
+                f"Preset {self.name!r} expects a {self.denoiser} with {self.total_layers} text layers, "
+                f"but got a {found} with {len(layers)}"
+            )
+        actual = tuple(layers[i].name for i in self.indices)
+        if actual != self.names:
+            raise PlanMismatchError(
+                f"Preset {self.name!r}: layers {list(self.indices)} are {list(actual)}, expected {list(self.names)}"
+            )
+        return list(self.names)
+
+    def plan(self, model: Any, target_prompt: str | list[str] | None = None, **overrides: Any) -> PatchPlan:
+        """A ``PatchPlan`` for ``model`` with the preset's layers and default start step."""
+        fields: dict[str, Any] = {"layers": self.check(model), "target_prompt": target_prompt,
+                                  "start_step": self.start_step}
+        fields.update(overrides)
+        return PatchPlan(**fields)
+
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (
+        Preset(
+            name="sdxl",
+            denoiser="UNet2DConditionModel",
+            total_layers=70,
+            indices=(55, 56, 57),
+            names=tuple(f"up_blocks.0.attentions.2.transformer_blocks.{i}.attn2" for i in (1, 2, 3)),
+            start_step=4,
+            num_inference_steps=50,
+            description="SDXL base: cross-attention layers 55-57 of 70 (execution order)",
+        ),
+        Preset(
+            name="sd3-medium",
+            denoiser="SD3Transformer2DModel",
+            total_layers=24,
+            indices=(10,),
+            names=("transformer_blocks.10.attn",),
+            start_step=2,
+            num_inference_steps=28,
+            description="SD3-medium: joint-attention block 10 of 24",
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise PlanMismatchError(f"Unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def preset_for(model: Any) -> Preset | None:
+    """The preset whose layout ``model`` has, if any (so ``--layers preset`` can pick it automatically)."""
+    for preset in PRESETS.values():
+        try:
+            preset.check(model)
+        except PlanMismatchError:
+            continue
+        return preset
+    return None
