@@ -54,13 +54,26 @@ class PatchState:
     calls_seen: int = 0
     n_text_tokens: int | None = None
     rows: list[int] | None = None
-    static: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    static: dict[tuple[str, str, int], torch.Tensor] = field(default_factory=dict)
     dynamic: dict[tuple[str, str, int, int], torch.Tensor] = field(default_factory=dict)
-    pooled: Any = None
+    pooled: dict[int, torch.Tensor] = field(default_factory=dict)  # per call within a step
+    first_step: int | None = None
+    static_calls: int = 0  # denoiser calls recorded in the target run's first step
     fired: dict[str, set[int]] = field(default_factory=dict)
 
     # -- step bookkeeping ---------------------------------------------------------------------------------
     def step_of(self, timestep: Any) -> int:
+        """The denoising-loop index of this call.
+
+        Schedulers that count their own steps (``step_index``: Euler, DPM-Solver, flow matching …) are
+        asked directly; it is ``None`` until their first ``step()``, i.e. during step ``begin_index``.
+        Others (DDIM, PNDM …) are looked up by timestep; FLUX passes ``t / 1000``, so both scales are tried.
+        """
+        if "step_index" in dir(type(self.scheduler)):
+            index = self.scheduler.step_index
+            if index is None:
+                index = getattr(self.scheduler, "begin_index", None) or 0
+            return int(index)
         timesteps = getattr(self.scheduler, "timesteps", None)
         if timesteps is None or len(timesteps) == 0:
             raise PlanMismatchError("The pipeline has no scheduler timesteps; cannot tell which step runs")
@@ -149,7 +162,7 @@ def _kv_hook(state: PatchState, layer: TextLayer, which: str):
     def hook(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
         if state.mode == "record":
             if layer.static:
-                state.static.setdefault((layer.name, which), output.detach().clone())
+                state.static.setdefault((layer.name, which, state.call), output.detach().clone())
             elif state.plan.active(state.step):
                 tokens = slice(0, state.n_text_tokens) if layer.kind == SINGLE_STREAM else slice(None)
                 state.dynamic[(layer.name, which, state.step, state.call)] = output[:, tokens].detach().clone()
@@ -157,7 +170,8 @@ def _kv_hook(state: PatchState, layer: TextLayer, which: str):
         if state.mode != "replace" or not state.plan.active(state.step) or not state.rows:
             return None
         if layer.static:
-            source = state.static.get((layer.name, which))
+            # A repeated timestep (PNDM) shows up as an extra call; static K/V are the same for it.
+            source = state.static.get((layer.name, which, state.call % max(1, state.static_calls)))
         else:
             source = state.dynamic.get((layer.name, which, state.step, state.call))
         if source is None:
@@ -171,6 +185,17 @@ def _kv_hook(state: PatchState, layer: TextLayer, which: str):
     return hook
 
 
+def _pooled_path(denoiser: nn.Module, pooled_kwarg: str | None) -> tuple[str | None, nn.Module | None]:
+    """Where the pooled text embedding enters: a call kwarg, or (DeepFloyd IF) the module that pools text."""
+    config = getattr(denoiser, "config", None)
+    addition = getattr(config, "addition_embed_type", None)
+    if addition == "text":  # IF: `add_embedding` pools encoder_hidden_states into the time embedding
+        return "add_embedding", denoiser.add_embedding
+    if addition == "text_time" or (pooled_kwarg and pooled_kwarg != "text_embeds"):
+        return pooled_kwarg, None
+    raise InputError(f"{type(denoiser).__name__} has no pooled text embedding; set pooled=False")
+
+
 @contextmanager
 def patch_hooks(pipe: Any, state: PatchState) -> Iterator[PatchState]:
     """Install the engine's hooks for ``state`` on ``pipe``'s denoiser; always removes them on exit."""
@@ -178,9 +203,7 @@ def patch_hooks(pipe: Any, state: PatchState) -> Iterator[PatchState]:
     arch = architecture_of(denoiser)
     modules = dict(denoiser.named_modules())
     handles = []
-    pooled_key = arch.pooled_kwarg if state.plan.pooled else None
-    if state.plan.pooled and pooled_key is None:
-        raise InputError(f"{type(denoiser).__name__} has no pooled text embedding; set pooled=False")
+    pooled_key, pooled_module = _pooled_path(denoiser, arch.pooled_kwarg) if state.plan.pooled else (None, None)
     needs_all_steps = any(not layer.static for layer in state.layers)
     last_step = None if state.plan.end_step is None else state.plan.end_step - 1
 
@@ -189,36 +212,57 @@ def patch_hooks(pipe: Any, state: PatchState) -> Iterator[PatchState]:
             return None
         step_before = state.step
         state.enter_call(_timestep_arg(args, kwargs), _batch_arg(args, kwargs))
-        if state.mode == "record" and needs_all_steps and last_step is not None and state.step > last_step:
-            state.step = step_before
-            raise _RecordingDone
+        if state.mode == "record":
+            if state.first_step is None:
+                state.first_step = state.step
+            if state.step == state.first_step:
+                state.static_calls = state.call + 1
+            # Static K/V and pooled embeddings are complete once every call of the first step has run;
+            # dynamic ones once the window's last step has.
+            done_static = not needs_all_steps and state.step != state.first_step
+            done_dynamic = needs_all_steps and last_step is not None and state.step > last_step
+            if done_static or done_dynamic:
+                state.step = step_before
+                raise _RecordingDone
         text = kwargs.get("encoder_hidden_states")
         state.n_text_tokens = text.shape[1] if isinstance(text, torch.Tensor) else None
-        if pooled_key is None:
+        if pooled_key is None or pooled_module is not None:
             return None
         if state.mode == "record":
-            if state.pooled is None:
-                pooled = _get_pooled(kwargs, pooled_key)
-                state.pooled = None if pooled is None else pooled.detach().clone()
+            pooled = _get_pooled(kwargs, pooled_key)
+            if pooled is not None and state.call not in state.pooled:
+                state.pooled[state.call] = pooled.detach().clone()
             return None
         if state.mode == "replace" and state.plan.active(state.step) and state.rows:
             current = _get_pooled(kwargs, pooled_key)
-            if current is None or state.pooled is None or current.shape != state.pooled.shape:
+            recorded = state.pooled.get(state.call)
+            if current is None or recorded is None or current.shape != recorded.shape:
                 raise PlanMismatchError("The pooled text embedding of the target run does not fit the source")
             new = current.clone()
-            new[state.rows] = state.pooled[state.rows].to(current.dtype)
+            new[state.rows] = recorded[state.rows].to(current.dtype)
             _set_pooled(kwargs, pooled_key, new)
             state.fired.setdefault("<pooled>", set()).add(state.step)
             return args, kwargs
         return None
 
-    def post_hook(_module: nn.Module, _args: tuple, _kwargs: dict, _output: Any) -> None:
-        if state.mode == "record" and not needs_all_steps:
-            raise _RecordingDone  # static K/V and pooled embeddings are complete after one call
+    def pooled_module_hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        if state.mode == "record":
+            state.pooled.setdefault(state.call, output.detach().clone())
+            return None
+        if state.mode == "replace" and state.plan.active(state.step) and state.rows:
+            recorded = state.pooled.get(state.call)
+            if recorded is None or recorded.shape != output.shape:
+                raise PlanMismatchError("The pooled text embedding of the target run does not fit the source")
+            new = output.clone()
+            new[state.rows] = recorded[state.rows].to(output.dtype)
+            state.fired.setdefault("<pooled>", set()).add(state.step)
+            return new
+        return None
 
     try:
         handles.append(denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True))
-        handles.append(denoiser.register_forward_hook(post_hook, with_kwargs=True))
+        if pooled_module is not None:
+            handles.append(pooled_module.register_forward_hook(pooled_module_hook))
         for layer in state.layers:
             attn = modules[layer.name]
             for which, proj in (("k", layer.key_proj), ("v", layer.value_proj)):

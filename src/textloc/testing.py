@@ -2,11 +2,11 @@
 
 Why this module exists
 ----------------------
-``textloc`` patches and probes the attention layers of real text-to-image models. Its unit tests must exercise the
-*real* diffusers classes -- the real module tree, module names, attention processors and pipeline ``__call__``
-code paths -- but cannot download checkpoints (CI has no network and no Hugging Face hub access) and must run in
-seconds on a couple of CPU cores. This module therefore builds every component from a config with tiny widths
-and random weights, and builds the tokenizers locally from a hand-written vocabulary.
+``textloc`` patches and probes the attention layers of real text-to-image models. Its unit tests must exercise
+the *real* diffusers classes -- the real module tree, module names, attention processors and pipeline
+``__call__`` code paths -- but cannot download checkpoints (CI has no network and no Hugging Face hub access)
+and must run in seconds on a couple of CPU cores. This module therefore builds every component from a config
+with tiny widths and random weights, and builds the tokenizers locally from a hand-written vocabulary.
 
 Two entry points:
 
@@ -14,23 +14,23 @@ Two entry points:
   ``StableDiffusionXLPipeline``, ``IFPipeline``, ...) that runs end to end on CPU with the kwargs in
   :data:`TINY_CALL_KWARGS` (or :func:`tiny_call_kwargs`, which also knows how to switch CFG on and off and how
   to build the low-resolution ``image`` the IF stage-II pipeline needs).
-* :func:`build_structure_faithful_denoiser` returns only a denoiser whose block layout, depths and attention head
-  counts follow the published checkpoint (so layer names such as
+* :func:`build_structure_faithful_denoiser` returns only a denoiser whose block layout, depths and attention
+  head counts follow the published checkpoint (so layer names such as
   ``up_blocks.0.attentions.2.transformer_blocks.3.attn2`` exist and layer counts match the real model), with
   tiny channel widths. Use it for tests about *which* layers exist, not for generation.
 
 Determinism: every component is built right after ``torch.manual_seed(seed)``, inside
-``torch.random.fork_rng`` so that building a pipeline does not disturb the caller's global RNG stream. Two builds
-with the same ``seed`` therefore have bit-identical weights.
+``torch.random.fork_rng`` so that building a pipeline does not disturb the caller's global RNG stream. Two
+builds with the same ``seed`` therefore have bit-identical weights.
 
-Tokenizers: a byte-level CLIP BPE vocabulary (every byte, with and without ``</w>``, plus merges that make a few
-dozen common prompt words single tokens as in real CLIP), a T5-style Unigram vocabulary (``<pad>`` = 0,
+Tokenizers: a byte-level CLIP BPE vocabulary (every byte, with and without ``</w>``, plus merges that make a
+few dozen common prompt words single tokens as in real CLIP), a T5-style Unigram vocabulary (``<pad>`` = 0,
 ``</s>`` = 1, ``<unk>`` = 2) and a Gemma-style byte-fallback BPE vocabulary. They are written once per process
 (or once per ``tokenizer_dir``) with ``save_pretrained`` and re-loaded with ``from_pretrained`` so the usual
 file-based loading path is exercised and repeated builds only cost a file read.
 
-Sizes: tiny VAEs have two blocks, so ``pipe.vae_scale_factor == 2`` (not 8 as in the real models). All pipelines
-accept 32x32, 64x64 and non-square 32x64 (height x width) outputs; :data:`TINY_SQUARE_SIZE` and
+Sizes: tiny VAEs have two blocks, so ``pipe.vae_scale_factor == 2`` (not 8 as in the real models). All
+pipelines accept 32x32, 64x64 and non-square 32x64 (height x width) outputs; :data:`TINY_SQUARE_SIZE` and
 :data:`TINY_NON_SQUARE_SIZE` name the two sizes the tests use.
 """
 
@@ -44,9 +44,12 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:  # diffusers is imported lazily so that importing this module stays cheap
+    from diffusers import DiffusionPipeline
 
 __all__ = [
     "TINY_ARCHITECTURES",
@@ -81,13 +84,13 @@ STRUCTURE_FAITHFUL_DENOISERS: tuple[str, ...] = ("sdxl", "sd3-medium", "if-i-xl"
 TINY_SQUARE_SIZE: tuple[int, int] = (32, 32)
 TINY_NON_SQUARE_SIZE: tuple[int, int] = (32, 64)
 
-#: Recommended ``pipe(...)`` kwargs per architecture, with classifier-free guidance ON. They deliberately leave
-#: out ``prompt``, ``num_inference_steps``, ``generator``, ``output_type`` and ``num_images_per_prompt`` so a
-#: test can pass those itself and splat this dict without duplicate-keyword errors. Notes:
+#: Recommended ``pipe(...)`` kwargs per architecture, with classifier-free guidance ON. They deliberately
+#: leave out ``prompt``, ``num_inference_steps``, ``generator``, ``output_type`` and ``num_images_per_prompt``
+#: so a test can pass those itself and splat this dict without duplicate-keyword errors. Notes:
 #:
 #: * ``clean_caption=False``: IF / PixArt default to caption cleaning that needs ``bs4`` + ``ftfy``.
-#: * ``use_resolution_binning=False``: PixArt / Sana would otherwise snap the size to a 256+ px aspect-ratio bin
-#:   (and raise for a ``sample_size`` outside their bin tables).
+#: * ``use_resolution_binning=False``: PixArt / Sana would otherwise snap the size to a 256+ px aspect-ratio
+#:   bin (and raise for a ``sample_size`` outside their bin tables).
 #: * ``max_sequence_length=16`` keeps T5 / Gemma sequences short (CLIP keeps its real 77-token context).
 #: * Flux: ``guidance_scale`` is the *embedded* (distilled, Flux-dev style) guidance, not CFG; real CFG needs
 #:   ``true_cfg_scale > 1`` plus a ``negative_prompt`` per prompt -- use :func:`tiny_call_kwargs`.
@@ -127,27 +130,29 @@ TINY_CALL_KWARGS: dict[str, dict[str, Any]] = {
     },
 }
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Tokenizers
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 # Bump when the vocabularies below change, so stale cached tokenizer files are never reused.
 _TOKENIZER_VERSION = "v2"
 
-# Words that become single tokens, as they are in the real CLIP / T5 / Gemma vocabularies. Everything else falls
-# back to characters (CLIP, T5) or bytes (Gemma), so any prompt can be tokenized.
+# Words that become single tokens, as they are in the real CLIP / T5 / Gemma vocabularies. Everything else
+# falls back to characters (CLIP, T5) or bytes (Gemma), so any prompt can be tokenized.
 _VOCAB_WORDS: tuple[str, ...] = (
-    "a", "an", "the", "of", "in", "on", "at", "with", "and", "that", "says", "saying", "sign", "text", "reading",
-    "reads", "written", "words", "word", "letters", "photo", "picture", "poster", "logo", "label", "banner",
-    "billboard", "neon", "graffiti", "wall", "street", "shop", "store", "cafe", "coffee", "menu", "book", "cover",
-    "cat", "dog", "hello", "world", "open", "closed", "stop", "exit", "sale", "love", "happy", "birthday",
-    "welcome", "home", "red", "blue", "green", "black", "white", "sky", "tree", "car", "man", "woman", "portrait",
-    "beautiful", "high", "quality", "detailed",
+    "a", "an", "the", "of", "in", "on", "at", "with", "and", "that", "says", "saying", "sign", "text",
+    "reading", "reads", "written", "words", "word", "letters", "photo", "picture", "poster", "logo", "label",
+    "banner", "billboard", "neon", "graffiti", "wall", "street", "shop", "store", "cafe", "coffee", "menu",
+    "book", "cover", "cat", "dog", "hello", "world", "open", "closed", "stop", "exit", "sale", "love",
+    "happy", "birthday", "welcome", "home", "red", "blue", "green", "black", "white", "sky", "tree", "car",
+    "man", "woman", "portrait", "beautiful", "high", "quality", "detailed",
 )  # fmt: skip
 
 _CLIP_BOS = "<|startoftext|>"
 _CLIP_EOS = "<|endoftext|>"
-_CLIP_MODEL_MAX_LENGTH = 77  # the real CLIP context; cheap at these widths and keeps token positions realistic
+_CLIP_MODEL_MAX_LENGTH = (
+    77  # the real CLIP context; cheap at these widths and keeps token positions realistic
+)
 
 _lock = threading.Lock()
 _default_tokenizer_dir: Path | None = None
@@ -155,7 +160,9 @@ _default_tokenizer_dir: Path | None = None
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2 / CLIP byte -> printable unicode map (what ``pre_tokenizers.ByteLevel`` emits)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    bs = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -171,7 +178,8 @@ def _bpe_segment(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[
     symbols = list(symbols)
     while len(symbols) > 1:
         best_rank, best_i = min(
-            (ranks.get(pair, len(ranks) + 1), i) for i, pair in enumerate(zip(symbols, symbols[1:], strict=False))
+            (ranks.get(pair, len(ranks) + 1), i)
+            for i, pair in enumerate(zip(symbols, symbols[1:], strict=False))
         )
         if best_rank > len(ranks):
             break
@@ -182,9 +190,9 @@ def _bpe_segment(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[
 def _merges_for_words(words: Iterable[str], split: Callable[[str], list[str]]) -> list[tuple[str, str]]:
     """Build a merge list under which every word of ``words`` is a single BPE token.
 
-    Each word is first segmented with the merges collected so far; the remaining pieces are then joined left to
-    right by *appending* new merges. Appended merges have the highest rank, so they never change how an earlier
-    word (already a single token) is segmented -- hence the list is consistent by construction.
+    Each word is first segmented with the merges collected so far; the remaining pieces are then joined left
+    to right by *appending* new merges. Appended merges have the highest rank, so they never change how an
+    earlier word (already a single token) is segmented -- hence the list is consistent by construction.
     """
     merges: list[tuple[str, str]] = []
     ranks: dict[tuple[str, str], int] = {}
@@ -214,7 +222,7 @@ def _clip_split(word: str) -> list[str]:
 
 
 def _make_clip_tokenizer() -> Any:
-    """Byte-level CLIP BPE: 256 byte symbols, their ``</w>`` variants, word merges, then BOS/EOS last (as in CLIP)."""
+    """Byte-level CLIP BPE: 256 byte symbols, their ``</w>`` variants, word merges, then BOS and EOS last."""
     from transformers import CLIPTokenizer
 
     byte_chars = list(_bytes_to_unicode().values())
@@ -260,7 +268,7 @@ def _make_t5_tokenizer() -> Any:
 
 
 def _make_gemma_tokenizer() -> Any:
-    """Gemma-style byte-fallback BPE (``<pad>``=0, ``<eos>``=1, ``<bos>``=2, ``<unk>``=3, ``<mask>``=4, bytes)."""
+    """Gemma-style byte-fallback BPE: <pad>=0, <eos>=1, <bos>=2, <unk>=3, <mask>=4, then 256 byte tokens."""
     from transformers import GemmaTokenizer
 
     vocab: dict[str, int] = {}
@@ -275,7 +283,7 @@ def _make_gemma_tokenizer() -> Any:
     merges = _merges_for_words(words, list)
     for left, right in merges:
         vocab.setdefault(left + right, len(vocab))
-    # Real Gemma tokenizers prepend <bos>; Sana's prompt-token selection (index 0 + the last tokens) assumes it.
+    # Real Gemma tokenizers prepend <bos>; Sana's token selection (index 0 + the last tokens) assumes it.
     return GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=8192, add_bos_token=True)
 
 
@@ -303,8 +311,8 @@ def _resolve_tokenizer_dir(tokenizer_dir: str | Path | None) -> Path:
 def _load_tokenizer(kind: str, tokenizer_dir: str | Path | None) -> Any:
     """Load (creating and caching on first use) the tiny tokenizer of ``kind`` ("clip", "t5" or "gemma").
 
-    Files are written to a unique temp folder and then renamed into place, so concurrent test workers sharing a
-    ``tokenizer_dir`` never observe a half-written tokenizer.
+    Files are written to a unique temp folder and then renamed into place, so concurrent test workers sharing
+    a ``tokenizer_dir`` never observe a half-written tokenizer.
     """
     root = _resolve_tokenizer_dir(tokenizer_dir)
     target = root / f"{kind}-{_TOKENIZER_VERSION}"
@@ -322,9 +330,9 @@ def _load_tokenizer(kind: str, tokenizer_dir: str | Path | None) -> Any:
     return classes[kind].from_pretrained(str(target), local_files_only=True)
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Shared component builders
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 def _seeded(seed: int, factory: Callable[[], Any]) -> Any:
@@ -337,9 +345,18 @@ def _seeded(seed: int, factory: Callable[[], Any]) -> Any:
 
 
 def _clip_text_encoder(
-    tokenizer: Any, *, hidden_size: int = 32, projection_dim: int = 32, with_projection: bool = False
+    tokenizer: Any,
+    *,
+    hidden_size: int = 32,
+    projection_dim: int = 32,
+    with_projection: bool = False,
+    hidden_act: str = "quick_gelu",
 ) -> torch.nn.Module:
-    """A 2-layer CLIP text encoder (2 layers so SDXL's ``hidden_states[-2]`` is a real intermediate layer)."""
+    """A 2-layer CLIP text encoder (2 layers so SDXL's ``hidden_states[-2]`` is a real intermediate layer).
+
+    ``hidden_act``: OpenAI CLIP-L uses "quick_gelu", the OpenCLIP encoders (SD 2's ViT-H, SDXL's / SD3's bigG)
+    use "gelu".
+    """
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
@@ -350,7 +367,7 @@ def _clip_text_encoder(
         num_attention_heads=4,
         max_position_embeddings=_CLIP_MODEL_MAX_LENGTH,
         projection_dim=projection_dim,
-        hidden_act="quick_gelu",
+        hidden_act=hidden_act,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -445,13 +462,13 @@ def _ddpm_if_scheduler(sample_max_value: float) -> Any:
     )
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Per-architecture tiny pipelines
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 def _build_sd15(seed: int, tokenizer_dir: str | Path | None) -> Any:
-    """SD 1.x: CrossAttn/CrossAttn/Down (mirrors the real 3xCrossAttn + Down layout), CLIP-L-like text encoder."""
+    """SD 1.x: CrossAttn/CrossAttn/Down (the real layout is 3 x CrossAttn + Down), CLIP-L-like encoder."""
     from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     tokenizer = _load_tokenizer("clip", tokenizer_dir)
@@ -497,7 +514,7 @@ def _build_sd2(seed: int, tokenizer_dir: str | Path | None) -> Any:
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     tokenizer = _load_tokenizer("clip", tokenizer_dir)
-    text_encoder = _seeded(seed, lambda: _clip_text_encoder(tokenizer, hidden_size=32))
+    text_encoder = _seeded(seed, lambda: _clip_text_encoder(tokenizer, hidden_size=32, hidden_act="gelu"))
     unet = _seeded(
         seed,
         lambda: UNet2DConditionModel(
@@ -538,14 +555,17 @@ def _build_sd2(seed: int, tokenizer_dir: str | Path | None) -> Any:
 
 
 def _build_sdxl(seed: int, tokenizer_dir: str | Path | None) -> Any:
-    """SDXL base: Down/CrossAttn/CrossAttn, deeper transformers lower down, ``text_time`` added conditioning."""
+    """SDXL base: Down/CrossAttn/CrossAttn, deeper transformers lower down, ``text_time`` conditioning."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
     tokenizer = _load_tokenizer("clip", tokenizer_dir)
     tokenizer_2 = _load_tokenizer("clip", tokenizer_dir)
     text_encoder = _seeded(seed, lambda: _clip_text_encoder(tokenizer, hidden_size=16))
     text_encoder_2 = _seeded(
-        seed, lambda: _clip_text_encoder(tokenizer_2, hidden_size=32, projection_dim=16, with_projection=True)
+        seed,
+        lambda: _clip_text_encoder(
+            tokenizer_2, hidden_size=32, projection_dim=16, with_projection=True, hidden_act="gelu"
+        ),
     )
     addition_time_embed_dim = 8
     unet = _seeded(
@@ -593,8 +613,9 @@ def _build_sdxl(seed: int, tokenizer_dir: str | Path | None) -> Any:
 def _if_unet_kwargs(text_dim: int) -> dict[str, Any]:
     """UNet kwargs shared by the IF stages (what diffusers' ``convert_if.py`` sets for every IF U-Net)."""
     return {
-        "cross_attention_dim": 32,  # must be a multiple of 32: the "group_norm" cross-attention norm uses 32 groups
-        "encoder_hid_dim": text_dim,  # T5 width (IF: 4096), projected to cross_attention_dim by encoder_hid_proj
+        # a multiple of 32: the "group_norm" cross-attention norm always uses 32 groups
+        "cross_attention_dim": 32,
+        "encoder_hid_dim": text_dim,  # T5 width (IF: 4096), projected to cross_attention_dim
         "attention_head_dim": 8,  # IF: per-head width 64 (num_head_channels)
         "addition_embed_type": "text",  # pooled T5 tokens (AttentionPooling) added to the time embedding
         "addition_embed_type_num_heads": 2,
@@ -618,7 +639,11 @@ def _build_if1(seed: int, tokenizer_dir: str | Path | None) -> Any:
             sample_size=32,
             in_channels=3,
             out_channels=6,  # epsilon + learned variance range
-            down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D", "SimpleCrossAttnDownBlock2D"),
+            down_block_types=(
+                "ResnetDownsampleBlock2D",
+                "SimpleCrossAttnDownBlock2D",
+                "SimpleCrossAttnDownBlock2D",
+            ),
             up_block_types=("SimpleCrossAttnUpBlock2D", "SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
             block_out_channels=(16, 32, 32),
             layers_per_block=1,
@@ -638,7 +663,7 @@ def _build_if1(seed: int, tokenizer_dir: str | Path | None) -> Any:
 
 
 def _build_if2(seed: int, tokenizer_dir: str | Path | None) -> Any:
-    """DeepFloyd IF stage II: super-resolution U-Net (noisy image + upscaled low-res image, noise-level embedding)."""
+    """DeepFloyd IF stage II: super-resolution U-Net (noisy + upscaled low-res image, noise-level embed)."""
     from diffusers import DDPMScheduler, IFSuperResolutionPipeline, UNet2DConditionModel
 
     tokenizer = _load_tokenizer("t5", tokenizer_dir)
@@ -685,7 +710,10 @@ def _build_sd3(seed: int, tokenizer_dir: str | Path | None) -> Any:
         seed, lambda: _clip_text_encoder(tokenizer, hidden_size=8, projection_dim=8, with_projection=True)
     )
     text_encoder_2 = _seeded(
-        seed, lambda: _clip_text_encoder(tokenizer_2, hidden_size=24, projection_dim=24, with_projection=True)
+        seed,
+        lambda: _clip_text_encoder(
+            tokenizer_2, hidden_size=24, projection_dim=24, with_projection=True, hidden_act="gelu"
+        ),
     )
     text_encoder_3 = _seeded(seed, lambda: _t5_encoder(tokenizer_3, d_model=32))
     transformer = _seeded(
@@ -705,7 +733,8 @@ def _build_sd3(seed: int, tokenizer_dir: str | Path | None) -> Any:
         ),
     )
     vae = _seeded(
-        seed, lambda: _vae_kl(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False)
+        seed,
+        lambda: _vae_kl(latent_channels=16, scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False),
     )
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     return StableDiffusion3Pipeline(
@@ -745,7 +774,8 @@ def _build_flux(seed: int, tokenizer_dir: str | Path | None) -> Any:
         ),
     )
     vae = _seeded(
-        seed, lambda: _vae_kl(latent_channels=4, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False)
+        seed,
+        lambda: _vae_kl(latent_channels=4, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False),
     )
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
@@ -805,7 +835,9 @@ def _build_pixart(seed: int, tokenizer_dir: str | Path | None, *, sigma: bool) -
         beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon", solver_order=2
     )
     cls = PixArtSigmaPipeline if sigma else PixArtAlphaPipeline
-    return cls(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
+    return cls(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
 
 
 def _build_sana(seed: int, tokenizer_dir: str | Path | None) -> Any:
@@ -859,7 +891,9 @@ def _build_sana(seed: int, tokenizer_dir: str | Path | None) -> Any:
         flow_shift=3.0,
         solver_order=2,
     )
-    return SanaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler)
+    return SanaPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer, scheduler=scheduler
+    )
 
 
 _BUILDERS: dict[str, Callable[[int, str | Path | None], Any]] = {
@@ -876,14 +910,16 @@ _BUILDERS: dict[str, Callable[[int, str | Path | None], Any]] = {
 }
 
 
-def build_tiny_pipeline(arch: str, *, seed: int = 0, tokenizer_dir: str | Path | None = None) -> Any:
-    """Build a tiny random ``DiffusionPipeline`` of the real class for ``arch`` (see :data:`TINY_ARCHITECTURES`).
+def build_tiny_pipeline(
+    arch: str, *, seed: int = 0, tokenizer_dir: str | Path | None = None
+) -> DiffusionPipeline:
+    """Build a tiny random ``DiffusionPipeline`` of the real class for ``arch``.
 
     Args:
         arch: one of :data:`TINY_ARCHITECTURES`.
         seed: seeds every component's random init; equal seeds give bit-identical weights.
-        tokenizer_dir: where the generated tokenizer files are cached (default: a process-wide temp dir that is
-            removed at exit). Pass a persistent folder to share them across processes.
+        tokenizer_dir: where the generated tokenizer files are cached (default: a process-wide temp dir that
+            is removed at exit). Pass a persistent folder to share them across processes.
 
     Returns:
         The pipeline on CPU, float32, all modules in ``eval()`` mode, progress bar disabled, safety checker /
@@ -901,7 +937,7 @@ def build_tiny_pipeline(arch: str, *, seed: int = 0, tokenizer_dir: str | Path |
 
 
 def tiny_low_res_image(batch_size: int, *, size: int = 16, seed: int = 0) -> torch.Tensor:
-    """A deterministic ``(batch, 3, size, size)`` image in [-1, 1]: the stage-I output IF stage II upscales."""
+    """A deterministic ``(batch, 3, size, size)`` image in [-1, 1]: the stage-I output that IF-II upscales."""
     generator = torch.Generator().manual_seed(seed)
     return torch.rand((batch_size, 3, size, size), generator=generator) * 2 - 1
 
@@ -910,10 +946,10 @@ def tiny_call_kwargs(arch: str, *, cfg: bool = True, batch_size: int = 1, **over
     """Fresh call kwargs for ``arch``: :data:`TINY_CALL_KWARGS` with CFG switched on or off.
 
     ``cfg=False`` sets ``guidance_scale=1.0`` (no unconditional branch) for every arch except Flux, whose
-    ``guidance_scale`` is an embedded conditioning value, not CFG; for Flux ``cfg=True`` instead enables "true"
-    CFG (``true_cfg_scale=2.0`` with one empty negative prompt per prompt, since Flux does not broadcast a single
-    negative prompt over a batch). ``batch_size`` is the number of prompts; it sizes Flux's negative prompts and
-    IF stage II's low-resolution ``image``. ``overrides`` win over everything.
+    ``guidance_scale`` is an embedded conditioning value, not CFG; for Flux ``cfg=True`` instead enables
+    "true" CFG (``true_cfg_scale=2.0`` with one empty negative prompt per prompt, since Flux does not
+    broadcast a single negative prompt over a batch). ``batch_size`` is the number of prompts; it sizes Flux's
+    negative prompts and IF stage II's low-resolution ``image``. ``overrides`` win over everything.
     """
     if arch not in TINY_CALL_KWARGS:
         raise ValueError(f"unknown tiny architecture {arch!r}; expected one of {TINY_ARCHITECTURES}")
@@ -929,26 +965,27 @@ def tiny_call_kwargs(arch: str, *, cfg: bool = True, batch_size: int = 1, **over
     return kwargs
 
 
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 # Structure-faithful denoisers
-# ---------------------------------------------------------------------------------------------------------------
+# ----------------------------------------------------------------------------------------------------------
 
 
 def _faithful_sdxl() -> torch.nn.Module:
     """SDXL base 1.0 U-Net layout with tiny widths.
 
     Real ``stabilityai/stable-diffusion-xl-base-1.0/unet/config.json`` values relied on: down blocks
-    (DownBlock2D, CrossAttnDownBlock2D, CrossAttnDownBlock2D), up blocks (CrossAttnUpBlock2D, CrossAttnUpBlock2D,
-    UpBlock2D), mid UNetMidBlock2DCrossAttn, layers_per_block 2, transformer_layers_per_block [1, 2, 10] (the mid
-    block uses the last value, 10; up blocks use the reverse), attention_head_dim [5, 10, 20] (= heads, 64 wide
-    each), block_out_channels [320, 640, 1280], use_linear_projection true, cross_attention_dim 2048,
-    addition_embed_type "text_time", addition_time_embed_dim 256, projection_class_embeddings_input_dim 2816
-    (= 6 * 256 + 1280), sample_size 128, in/out channels 4.
+    (DownBlock2D, CrossAttnDownBlock2D, CrossAttnDownBlock2D), up blocks (CrossAttnUpBlock2D,
+    CrossAttnUpBlock2D, UpBlock2D), mid UNetMidBlock2DCrossAttn, layers_per_block 2,
+    transformer_layers_per_block [1, 2, 10] (the mid block uses the last value, 10; up blocks use the
+    reverse), attention_head_dim [5, 10, 20] (= heads, 64 wide each), block_out_channels [320, 640, 1280],
+    use_linear_projection true, cross_attention_dim 2048, addition_embed_type "text_time",
+    addition_time_embed_dim 256, projection_class_embeddings_input_dim 2816 (= 6 * 256 + 1280), sample_size
+    128, in/out channels 4.
 
-    Tiny: head counts kept (5, 10, 20) at 4 channels per head -> block_out_channels (20, 40, 80); GroupNorm uses 4
-    groups (32 does not divide 20); cross_attention_dim 32; addition_time_embed_dim 8 with a 16-wide pooled text
-    embedding. ``attn2`` count: down_blocks.1: 2 attentions x 2 layers = 4, down_blocks.2: 2 x 10 = 20, mid: 10,
-    up_blocks.0: 3 x 10 = 30, up_blocks.1: 3 x 2 = 6 -> 70.
+    Tiny: head counts kept (5, 10, 20) at 4 channels per head -> block_out_channels (20, 40, 80); GroupNorm
+    uses 4 groups (32 does not divide 20); cross_attention_dim 32; addition_time_embed_dim 8 with a 16-wide
+    pooled text embedding. ``attn2`` count: down_blocks.1: 2 attentions x 2 layers = 4, down_blocks.2: 2 x 10
+    = 20, mid: 10, up_blocks.0: 3 x 10 = 30, up_blocks.1: 3 x 2 = 6 -> 70.
     """
     from diffusers import UNet2DConditionModel
 
@@ -977,9 +1014,9 @@ def _faithful_sd3_medium() -> torch.nn.Module:
 
     Real ``stabilityai/stable-diffusion-3-medium-diffusers/transformer/config.json`` values relied on:
     num_layers 24 (joint ``transformer_blocks``; diffusers makes the last one ``context_pre_only``),
-    num_attention_heads 24, attention_head_dim 64, caption_projection_dim 1536 (= 24 * 64), joint_attention_dim
-    4096, pooled_projection_dim 2048, patch_size 2, in/out channels 16, pos_embed_max_size 192, sample_size 128,
-    no dual-attention layers (that is SD3.5), no qk-norm.
+    num_attention_heads 24, attention_head_dim 64, caption_projection_dim 1536 (= 24 * 64),
+    joint_attention_dim 4096, pooled_projection_dim 2048, patch_size 2, in/out channels 16, pos_embed_max_size
+    192, sample_size 128, no dual-attention layers (that is SD3.5), no qk-norm.
 
     Tiny: 24 heads kept at 4 channels per head (inner width 96), joint_attention_dim 32, pooled 32.
     """
@@ -1009,9 +1046,9 @@ def _faithful_if_i_xl() -> torch.nn.Module:
     resnet_time_scale_shift "scale_shift"): block_out_channels [512, 1024, 1536, 2048] (model_channels 512,
     channel_mult 1,2,3,4), layers_per_block 3, attention at the 32/16/8 resolutions of a 64 px input, i.e.
     down blocks (ResnetDownsampleBlock2D, SimpleCrossAttnDownBlock2D x3) and up blocks
-    (SimpleCrossAttnUpBlock2D x3, ResnetUpsampleBlock2D), attention_head_dim 64 (per-head width), encoder_hid_dim
-    4096 (T5-XXL), addition_embed_type_num_heads 64, norm_num_groups 32, in_channels 3, out_channels 6,
-    sample_size 64.
+    (SimpleCrossAttnUpBlock2D x3, ResnetUpsampleBlock2D), attention_head_dim 64 (per-head width),
+    encoder_hid_dim 4096 (T5-XXL), addition_embed_type_num_heads 64, norm_num_groups 32, in_channels 3,
+    out_channels 6, sample_size 64.
 
     Tiny: widths divided by 16 -> (32, 64, 96, 128) with 4 channels per head, so the head counts of the real
     model (16, 24, 32 in the attention levels) are kept; norm_num_groups stays 32; cross_attention_dim 32 (a
@@ -1062,8 +1099,9 @@ _FAITHFUL_BUILDERS: dict[str, Callable[[], torch.nn.Module]] = {
 def build_structure_faithful_denoiser(name: str, *, seed: int = 0) -> torch.nn.Module:
     """Build only the denoiser of a published checkpoint, with its real block layout/depths and tiny widths.
 
-    Use it to test code that selects layers by name or counts them (e.g. "SDXL has 70 ``attn2`` layers") without
-    the real multi-GB weights. Weights are random (seeded by ``seed``); the module is in ``eval()`` mode.
+    Use it to test code that selects layers by name or counts them (e.g. "SDXL has 70 ``attn2`` layers")
+    without the real multi-GB weights. Weights are random (seeded by ``seed``); the module is in ``eval()``
+    mode.
 
     Args:
         name: one of :data:`STRUCTURE_FAITHFUL_DENOISERS` ("sdxl", "sd3-medium", "if-i-xl").

@@ -1,0 +1,154 @@
+"""Invariants of the patching engine on tiny offline versions of every supported architecture."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+
+from textloc.engine import generate
+from textloc.errors import (
+    InputError,
+    PlanMismatchError,
+    StepWindowError,
+    UnknownLayerError,
+)
+from textloc.layers import get_denoiser, list_text_layers, model_fingerprint
+from textloc.plan import PatchPlan
+from textloc.testing import TINY_ARCHITECTURES, build_tiny_pipeline, tiny_call_kwargs
+
+SOURCE = 'a sign that says "CAT"'
+TARGET = 'a sign that says "DOG"'
+HAS_POOLED = {"sdxl", "sd3", "flux", "if1", "if2"}
+
+
+@lru_cache(maxsize=None)
+def tiny(arch: str):
+    pipe = build_tiny_pipeline(arch)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run(pipe, arch: str, prompt, plan=None, *, cfg=True, batch=1, per_prompt=1, size=(32, 32), target=None):
+    prompts = prompt if isinstance(prompt, list) else [prompt] * batch
+    kwargs = tiny_call_kwargs(arch, cfg=cfg, batch_size=len(prompts), height=size[0], width=size[1])
+    kwargs.update(num_inference_steps=2, output_type="np", num_images_per_prompt=per_prompt,
+                  generator=torch.Generator().manual_seed(0))
+    if plan is None:
+        return np.asarray(pipe(prompts, **kwargs).images)
+    return np.asarray(generate(pipe, prompts, plan, target_prompt=target, **kwargs).images)
+
+
+LAYOUTS = {
+    "cfg-square-1": dict(cfg=True, batch=1, per_prompt=1, size=(32, 32)),
+    "nocfg-nonsquare-batch2x2": dict(cfg=False, batch=2, per_prompt=2, size=(32, 64)),
+    "cfg-nonsquare-batch2": dict(cfg=True, batch=2, per_prompt=1, size=(32, 64)),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_invariants(arch: str, layout: str) -> None:
+    pipe = tiny(arch)
+    opts = LAYOUTS[layout]
+    names = [layer.name for layer in list_text_layers(pipe)]
+    plain = run(pipe, arch, SOURCE, **opts)
+    # 1. Empty plan == plain pipeline, bit for bit.
+    assert np.array_equal(run(pipe, arch, SOURCE, PatchPlan(), **opts), plain)
+    # 2. Every text layer patched with the source's own prompt == plain, bit for bit.
+    own = PatchPlan(layers=names, target_prompt=SOURCE, pooled=arch in HAS_POOLED)
+    assert np.array_equal(run(pipe, arch, SOURCE, own, **opts), plain)
+    # 3. One layer with a different prompt changes the image.
+    one = PatchPlan(layers=[names[len(names) // 2]], target_prompt=TARGET)
+    assert not np.array_equal(run(pipe, arch, SOURCE, one, **opts), plain)
+    # 4. All text layers (+ pooled path) with the target == the target's own generation.
+    everything = PatchPlan(layers=names, target_prompt=TARGET, pooled=arch in HAS_POOLED)
+    target_image = run(pipe, arch, TARGET, **opts)
+    patched = run(pipe, arch, SOURCE, everything, **opts)
+    np.testing.assert_allclose(patched, target_image, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
+def test_cond_branch_only_differs_from_both(arch: str) -> None:
+    pipe = tiny(arch)
+    names = [layer.name for layer in list_text_layers(pipe)]
+    both = run(pipe, arch, SOURCE, PatchPlan(layers=names, target_prompt=TARGET, branches="both"))
+    cond = run(pipe, arch, SOURCE, PatchPlan(layers=names, target_prompt=TARGET, branches="cond"))
+    plain = run(pipe, arch, SOURCE)
+    assert not np.array_equal(cond, plain)
+    assert cond.shape == both.shape
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sd3", "flux"])
+def test_step_window_and_heads(arch: str) -> None:
+    pipe = tiny(arch)
+    names = [layer.name for layer in list_text_layers(pipe)]
+    plain = run(pipe, arch, SOURCE)
+    late = generate(pipe, SOURCE, PatchPlan(layers=names, target_prompt=TARGET, start_step=1),
+                    **{**tiny_call_kwargs(arch), "num_inference_steps": 2,
+                       "generator": torch.Generator().manual_seed(0), "output_type": "np"})
+    assert set(late.fired[names[0]]) == {1}
+    head = run(pipe, arch, SOURCE, PatchPlan(layers=names, target_prompt=TARGET, heads=[0]))
+    full = run(pipe, arch, SOURCE, PatchPlan(layers=names, target_prompt=TARGET))
+    assert not np.array_equal(head, plain)
+    assert not np.array_equal(head, full)
+
+
+def _hook_counts(pipe) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in get_denoiser(pipe).modules())
+
+
+def test_restored_after_exception() -> None:
+    pipe = tiny("sd15")
+    processors = dict(get_denoiser(pipe).attn_processors)
+    hooks_before = _hook_counts(pipe)
+    names = [layer.name for layer in list_text_layers(pipe)]
+
+    def boom(*_args, **_kwargs):
+        raise RuntimeError("boom")
+
+    kwargs = {**tiny_call_kwargs("sd15"), "num_inference_steps": 2, "callback_on_step_end": boom,
+              "generator": torch.Generator().manual_seed(0)}
+    with pytest.raises(RuntimeError, match="boom"):
+        generate(pipe, SOURCE, PatchPlan(layers=names, target_prompt=TARGET), **kwargs)
+    assert _hook_counts(pipe) == hooks_before
+    after = get_denoiser(pipe).attn_processors
+    assert all(after[k] is v for k, v in processors.items())
+    plain = run(pipe, "sd15", SOURCE)
+    assert np.array_equal(run(pipe, "sd15", SOURCE, PatchPlan()), plain)
+
+
+def test_bad_input_errors() -> None:
+    pipe = tiny("sd15")
+    kwargs = {**tiny_call_kwargs("sd15"), "num_inference_steps": 2}
+    with pytest.raises(UnknownLayerError, match="valid layers"):
+        generate(pipe, SOURCE, PatchPlan(layers=["nope.attn2"], target_prompt=TARGET), **kwargs)
+    with pytest.raises(UnknownLayerError):
+        generate(pipe, SOURCE, PatchPlan(layers=[999], target_prompt=TARGET), **kwargs)
+    with pytest.raises(StepWindowError):
+        generate(pipe, SOURCE, PatchPlan(layers=[0], target_prompt=TARGET, start_step=5), **kwargs)
+    with pytest.raises(StepWindowError):
+        PatchPlan(layers=[0], start_step=3, end_step=2)
+    with pytest.raises(PlanMismatchError, match="made for"):
+        generate(pipe, SOURCE, PatchPlan(layers=[0], target_prompt=TARGET, model="SD3Transformer2DModel:24:x"),
+                 **kwargs)
+    with pytest.raises(InputError, match="target prompt"):
+        generate(pipe, SOURCE, PatchPlan(layers=[0]), **kwargs)
+    with pytest.raises(InputError, match="pooled"):
+        generate(pipe, SOURCE, PatchPlan(layers=[0], target_prompt=TARGET, pooled=True), **kwargs)
+    with pytest.raises(InputError):
+        PatchPlan(layers=[0], branches="uncond")
+
+
+def test_plan_json_round_trip(tmp_path) -> None:
+    pipe = tiny("sdxl")
+    plan = PatchPlan(layers=[0, "up_blocks.0.attentions.0.transformer_blocks.0.attn2"], target_prompt=TARGET,
+                     start_step=1, end_step=2, branches="cond", heads=[0], pooled=True,
+                     model=model_fingerprint(pipe))
+    path = tmp_path / "plan.json"
+    plan.to_json(path)
+    assert PatchPlan.from_json(path) == plan
+    with pytest.raises(InputError, match="Unknown patch-plan fields"):
+        PatchPlan.from_dict({"layers": [], "bogus": 1})
