@@ -289,8 +289,10 @@ class RapidOCRBackend:
         use_cls: bool = False,
         text_score: float = 0.5,
         charset: str | None = None,
+        x_stretch: float = 1.0,
         **engine_kwargs: Any,
     ) -> None:
+        self.x_stretch = x_stretch
         if mode not in ("auto", "line", "detect"):
             raise ValueError(f"Expected mode in ('auto', 'line', 'detect') but got {mode!r}")
         self.mode = mode
@@ -331,11 +333,17 @@ class RapidOCRBackend:
         text, score = result[0][0], float(result[0][1])
         return text.strip() if score >= self.text_score else ""
 
+    def _stretch(self, img: Image.Image) -> Image.Image:
+        if self.x_stretch == 1.0:
+            return img
+        w, h = img.size
+        return img.resize((max(1, round(w * self.x_stretch)), h), Image.Resampling.LANCZOS)
+
     def read_line(self, image: Image.Image) -> str:
         """Read ``image`` as a single line of text (see the class docstring)."""
         img = prepare_image(image, min_height=self.min_height, pad=0.0, mode="RGB")
         img = autocrop(img, margin=self.line_margin)
-        text = self._recognise(img)
+        text = self._recognise(self._stretch(img))
         if not self.space_check or " " not in text:
             return text
         segments = word_segments(img, min_gap=self.space_gap)
@@ -343,7 +351,7 @@ class RapidOCRBackend:
             return text
         if len(segments) <= 1:
             return text.replace(" ", "")
-        parts = [self._recognise(autocrop(seg, margin=self.line_margin)) for seg in segments]
+        parts = [self._recognise(self._stretch(autocrop(seg, margin=self.line_margin))) for seg in segments]
         return " ".join(p.replace(" ", "") for p in parts if p)
 
     def read_detect(self, image: Image.Image) -> str:

@@ -206,4 +206,6 @@ def build_untrained(seed: int = 0, **unet_overrides: Any) -> EmbeddedTextPipelin
         algorithm_type="dpmsolver++",
         solver_order=2,
     )
+    unet.eval()
+    text_encoder.eval()
     return EmbeddedTextPipeline(unet, text_encoder, EmbeddedTokenizer(), scheduler).to("cpu")
