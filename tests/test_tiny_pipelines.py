@@ -24,6 +24,9 @@ from textloc.testing import (
     tiny_call_kwargs,
 )
 
+# diffusers' schedulers call np.array(tensor ** 0.5) which newer numpy flags; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 PROMPTS = ['a sign that says "CAT"', "a poster reading HELLO"]
 
 EXPECTED_CLASSES: dict[str, dict[str, str]] = {
@@ -81,6 +84,16 @@ EXPECTED_CLASSES: dict[str, dict[str, str]] = {
 }
 
 _PIPES: dict[str, Any] = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Any:
+    """Run single-threaded: on tiny tensors intra-op threading is pure overhead, and on a shared 2-core box
+    busy-waiting worker threads made generation ~10x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _pipe(arch: str) -> Any:
@@ -227,8 +240,8 @@ def test_build_does_not_consume_global_rng() -> None:
 
 def test_tokenizer_dir_is_used(tmp_path: Any) -> None:
     pipe = build_tiny_pipeline("flux", tokenizer_dir=tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} >= {"clip-v2", "t5-v2"}
-    assert (tmp_path / "clip-v2" / "tokenizer.json").is_file()
+    cached = sorted(p.name.split("-")[0] for p in tmp_path.iterdir() if (p / "tokenizer.json").is_file())
+    assert cached == ["clip", "t5"]
     assert pipe.tokenizer("a sign").input_ids == _pipe("flux").tokenizer("a sign").input_ids
 
 
@@ -259,9 +272,7 @@ def test_sdxl_faithful_has_70_cross_attention_layers() -> None:
     assert len(attn2) == 70
     for i in (1, 2, 3):
         assert f"up_blocks.0.attentions.2.transformer_blocks.{i}.attn2" in attn2
-    assert unet.config.transformer_layers_per_block == [1, 2, 10] or tuple(
-        unet.config.transformer_layers_per_block
-    ) == (1, 2, 10)
+    assert list(unet.config.transformer_layers_per_block) == [1, 2, 10]
     assert len(unet.mid_block.attentions[0].transformer_blocks) == 10
     # real head counts: 10 heads at 640 channels, 20 at 1280
     assert unet.get_submodule("down_blocks.1.attentions.0.transformer_blocks.0.attn2").heads == 10
@@ -278,11 +289,8 @@ def test_sd3_medium_faithful_has_24_joint_blocks() -> None:
 
 def test_if_i_xl_faithful_text_attention_layers() -> None:
     unet = build_structure_faithful_denoiser("if-i-xl")
-    text_attn = [
-        name
-        for name, m in unet.named_modules()
-        if getattr(m, "add_k_proj", None) is not None and "attentions" in name
-    ]
+    # AttnAddedKV layers attend over [image; projected T5] tokens (text also enters via the pooled time embed)
+    text_attn = [name for name, m in unet.named_modules() if getattr(m, "add_k_proj", None) is not None]
     # 3 SimpleCrossAttn down levels x 3 layers + 1 mid + 3 up levels x 4 layers (what the real config gives)
     assert len(text_attn) == 22
     assert unet.config.down_block_types[0] == "ResnetDownsampleBlock2D"

@@ -8,11 +8,14 @@ instead of patching the wrong layer. The mappings are confirmed in tests on stru
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from .errors import PlanMismatchError
-from .layers import get_denoiser, list_text_layers
+from .errors import InputError, PlanMismatchError
+from .layers import get_denoiser, list_text_layers, model_fingerprint
 from .plan import PatchPlan
 
 
@@ -96,3 +99,58 @@ def preset_for(model: Any) -> Preset | None:
             continue
         return preset
     return None
+
+
+#: Localization result shipped with the embedded model (written by `textloc localize --model embedded`).
+EMBEDDED_LOCALIZATION = Path(__file__).parent / "embedded" / "localized.json"
+
+
+def load_localization(path: str | Path, model: Any | None = None) -> list[str]:
+    """Chosen layer names from a localization ``summary.json``; checks it was made for ``model``."""
+    path = Path(path)
+    try:
+        summary = json.loads(path.read_text())
+        names = list(summary["chosen_layers"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise InputError(f"{path} is not a localization summary.json ({type(err).__name__})") from None
+    if model is not None and summary.get("model_fingerprint") not in (None, model_fingerprint(model)):
+        raise PlanMismatchError(
+            f"{path} was made for {summary.get('model_fingerprint')}, but the model is {model_fingerprint(model)}"
+        )
+    return names
+
+
+def choose_layers(model: Any, spec: str | Sequence[str | int] | None = "preset") -> list[str]:
+    r"""Resolve a ``--layers`` value to layer names of ``model``.
+
+    Args:
+        spec: ``"preset"`` / ``"auto"``: the published preset for this model's layout, or for the embedded model
+            its shipped localization; a path to a localization ``summary.json``; ``"all"``: every text layer; or
+            layer names / execution-order indices (a list, or one comma-separated string).
+    """
+    from .layers import resolve_layers
+
+    if spec is None or spec in ("preset", "auto"):
+        preset = preset_for(model)
+        if preset is not None:
+            return preset.check(model)
+        if EMBEDDED_LOCALIZATION.exists():
+            try:
+                return load_localization(EMBEDDED_LOCALIZATION, model)
+            except PlanMismatchError:
+                pass
+        raise PlanMismatchError(
+            "No published preset or shipped localization fits this model; run `textloc localize` and pass "
+            "--layers PATH/summary.json"
+        )
+    if isinstance(spec, str) and spec == "all":
+        return [layer.name for layer in list_text_layers(model)]
+    if isinstance(spec, str) and (spec.endswith(".json") or Path(spec).is_file()):
+        if not Path(spec).is_file():
+            raise InputError(f"Layer file {spec} does not exist")
+        names = load_localization(spec, model)
+        return [layer.name for layer in resolve_layers(model, names)]
+    refs = [s.strip() for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
+    if not refs:
+        raise InputError("Expected at least one layer in --layers")
+    return [layer.name for layer in resolve_layers(model, refs)]

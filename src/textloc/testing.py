@@ -29,6 +29,9 @@ few dozen common prompt words single tokens as in real CLIP), a T5-style Unigram
 (or once per ``tokenizer_dir``) with ``save_pretrained`` and re-loaded with ``from_pretrained`` so the usual
 file-based loading path is exercised and repeated builds only cost a file read.
 
+Speed: at these widths intra-op threading is pure overhead -- run tests with ``torch.set_num_threads(1)``
+(much faster, especially on a busy machine). This module never changes global torch settings itself.
+
 Sizes: tiny VAEs have two blocks, so ``pipe.vae_scale_factor == 2`` (not 8 as in the real models). All
 pipelines accept 32x32, 64x64 and non-square 32x64 (height x width) outputs; :data:`TINY_SQUARE_SIZE` and
 :data:`TINY_NON_SQUARE_SIZE` name the two sizes the tests use.

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, SchedulerMixin, UNet2DConditionModel
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from PIL import Image
 
 from .renderer import HEIGHT, WIDTH
@@ -29,7 +30,7 @@ def coordinate_channels(batch: int, height: int, width: int, device: torch.devic
     return grid[None].expand(batch, -1, -1, -1)
 
 
-class EmbeddedTextPipeline(DiffusionPipeline):
+class EmbeddedTextPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     r"""Text-to-image pipeline of textloc's embedded model.
 
     Args:
@@ -40,6 +41,8 @@ class EmbeddedTextPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->unet"
+    # LoRA files in diffusers' format load with `pipe.load_lora_weights` (U-Net LoRA; see textloc.finetune).
+    _lora_loadable_modules = ["unet"]
 
     def __init__(
         self,
