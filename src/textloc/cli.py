@@ -21,6 +21,8 @@ from rich.table import Table
 from .errors import InputError, TextlocError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: editing, safety, fine-tuning.")
+app.add_typer(bench_app, name="bench")
 console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
@@ -154,6 +156,23 @@ def eval_embedded(
         table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
     console.print(table)
     console.print(f"wrote {out / 'results.json'} and {out / 'samples.png'}")
+
+
+def _register_feature_commands() -> None:
+    """Feature modules under ``textloc.commands`` add their own subcommands (one home per feature)."""
+    import importlib
+
+    for name in ("localize", "edit", "safety", "finetune", "ui"):
+        try:
+            module = importlib.import_module(f"textloc.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name != f"textloc.commands.{name}":
+                raise
+            continue
+        module.register(app)
+
+
+_register_feature_commands()
 
 
 def main() -> None:

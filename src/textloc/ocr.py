@@ -282,7 +282,7 @@ class RapidOCRBackend:
         mode: str = "auto",
         min_height: int = 48,
         pad: float = 0.25,
-        line_margin: float = 0.3,
+        line_margin: float = 0.2,
         space_check: bool = True,
         space_gap: float = 0.2,
         line_max_height: int = 48,

@@ -153,9 +153,8 @@ _VOCAB_WORDS: tuple[str, ...] = (
 
 _CLIP_BOS = "<|startoftext|>"
 _CLIP_EOS = "<|endoftext|>"
-_CLIP_MODEL_MAX_LENGTH = (
-    77  # the real CLIP context; cheap at these widths and keeps token positions realistic
-)
+# The real CLIP context length: cheap at these widths, and it keeps padding/token positions realistic.
+_CLIP_MODEL_MAX_LENGTH = 77
 
 _lock = threading.Lock()
 _default_tokenizer_dir: Path | None = None
@@ -239,11 +238,7 @@ def _make_clip_tokenizer() -> Any:
         vocab.setdefault(left + right, len(vocab))
     vocab[_CLIP_BOS] = len(vocab)
     vocab[_CLIP_EOS] = len(vocab)
-    return CLIPTokenizer(
-        vocab=vocab,
-        merges=merges,
-        model_max_length=_CLIP_MODEL_MAX_LENGTH,
-    )
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=_CLIP_MODEL_MAX_LENGTH)
 
 
 def _make_t5_tokenizer() -> Any:
@@ -418,7 +413,7 @@ def _gemma2_encoder(tokenizer: Any, *, hidden_size: int = 16) -> torch.nn.Module
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        attn_implementation="eager",  # Gemma 2's logit soft-capping is only honoured by eager attention
+        attn_implementation="eager",  # the implementation Gemma 2 (logit soft-capping) is validated with
     )
     return Gemma2Model(config)
 

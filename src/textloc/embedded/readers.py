@@ -36,3 +36,27 @@ def text_colour(image: Image.Image, background: str | None = None) -> str | None
         return None
     core = arr[distance >= max(60.0, 0.7 * distance.max())]
     return nearest_colour(np.median(core, axis=0))
+
+
+def font(image: Image.Image, text: str, background: str | None = None, text_colour_name: str | None = None) -> str:
+    """The font whose clean rendering of ``text`` (over the renderer's jitter range) is closest to the image.
+
+    Template matching is enough here because the renderer is ours: the text is known (a style pair keeps it),
+    the colours are read from the pixels, and only the glyph shapes differ between fonts.
+    """
+    from .renderer import FONTS, SignSpec, render
+
+    background = background or background_colour(image)
+    text_colour_name = text_colour_name or text_colour(image, background) or "black"
+    if text_colour_name == background:
+        text_colour_name = "black" if background != "black" else "white"
+    arr = np.asarray(image.convert("RGB"), dtype=np.float64)
+    best, best_err = "sans", np.inf
+    for name in FONTS:
+        for dx in (-1, 0, 1):
+            for dy in (-1, 0, 1):
+                ref = render(SignSpec(text, background, text_colour_name, name, dx, dy))
+                err = float(((np.asarray(ref, dtype=np.float64) - arr) ** 2).mean())
+                if err < best_err:
+                    best, best_err = name, err
+    return best

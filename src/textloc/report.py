@@ -1,0 +1,159 @@
+"""Pictures and a small HTML page for a localization run: what a researcher looks at before trusting it."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+METRICS = ("exact", "f1", "cer", "source_exact", "ssim")
+
+
+def _short(name: str) -> str:
+    return (name.replace("transformer_blocks", "tb").replace("attentions", "att").replace("single_tb", "stb")
+            .replace("down_blocks", "down").replace("up_blocks", "up").replace("mid_block", "mid"))
+
+
+def plot_layers(summary: dict[str, Any], path: Path) -> None:
+    """Bar chart of each layer's target score, with the no-patch and all-layers bounds as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_layer = summary["per_layer"]
+    chosen = set(summary["chosen_layers"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(per_layer) + 2), 3.6))
+    xs = range(len(per_layer))
+    colours = ["tab:red" if p["name"] in chosen else "tab:blue" for p in per_layer]
+    ax.bar(xs, [p["exact"] for p in per_layer], color=colours)
+    ax.axhline(summary["bounds"]["all"]["exact"], color="black", ls="--", lw=1, label="all layers")
+    ax.axhline(summary["bounds"]["none"]["exact"], color="grey", ls=":", lw=1, label="no patch")
+    ax.axhline(summary["threshold"], color="tab:red", ls="-.", lw=1, label=f"{summary['fraction']:.0%} of all")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels([f"{p['index']}: {_short(p['name'])}" for p in per_layer], rotation=70, ha="right",
+                       fontsize=7)
+    ax.set_ylabel("target read exactly (rate)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Patching one layer at a time (red: chosen)")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_heatmap(summary: dict[str, Any], path: Path) -> None:
+    """Layers x metrics heatmap (exact, F1, CER, source kept, SSIM to source)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    per_layer = summary["per_layer"]
+    data = np.array([[p.get(m) if p.get(m) is not None else np.nan for m in METRICS] for p in per_layer],
+                    dtype=float).T
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(per_layer) + 2), 2.8))
+    image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_yticks(range(len(METRICS)))
+    ax.set_yticklabels(METRICS, fontsize=8)
+    ax.set_xticks(range(len(per_layer)))
+    ax.set_xticklabels([str(p["index"]) for p in per_layer], fontsize=7)
+    ax.set_xlabel("text layer (execution order)")
+    fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curve(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = summary["curve"]
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot([p["k"] for p in curve], [p["exact"] for p in curve], marker="o")
+    ax.axhline(summary["threshold"], color="tab:red", ls="-.", lw=1)
+    ax.set_xlabel("k best layers patched")
+    ax.set_ylabel("target read exactly (rate)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Cumulative curve")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def example_grid(rows: list[list[Image.Image]], labels: list[str], path: Path, scale: int = 4) -> None:
+    """Rows of (source | patched | target) images, upscaled, with a header."""
+    w = max(im.width for row in rows for im in row) * scale
+    h = max(im.height for row in rows for im in row) * scale
+    header = 16
+    grid = Image.new("RGB", (w * len(labels), header + h * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, label in enumerate(labels):
+        draw.text((c * w + 4, 2), label, fill="black")
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            grid.paste(image.resize((w, h), Image.NEAREST), (c * w, header + r * h))
+    grid.save(path)
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def write_report(out: Path, summary: dict[str, Any], records: dict, images: dict, pairs: list) -> None:
+    """``layers.png``, ``heatmap.png``, ``curve.png``, ``examples_best.png``/``_worst.png`` and ``report.html``."""
+    plot_layers(summary, out / "layers.png")
+    plot_heatmap(summary, out / "heatmap.png")
+    plot_curve(summary, out / "curve.png")
+    ranking = summary["ranking"]
+    grids = []
+    for tag, name in (("best", ranking[0]["name"]), ("worst", ranking[-1]["name"])):
+        rows = [[images[(v, p.key)] for v in ("none", f"layer:{name}", "target")] for p in pairs
+                if all((v, p.key) in images for v in ("none", f"layer:{name}", "target"))][:6]
+        if rows and hasattr(rows[0][0], "resize"):
+            example_grid(rows, ["source", f"patched: {_short(name)}", "target"], out / f"examples_{tag}.png")
+            grids.append((tag, name))
+    rows_html = "".join(
+        f"<tr{' class=chosen' if p['name'] in summary['chosen_layers'] else ''}><td>{p['index']}</td>"
+        f"<td><code>{html.escape(p['name'])}</code></td><td>{p['kind']}</td><td>{p['params']:,}</td>"
+        + "".join(f"<td>{_fmt(p.get(m))}</td>" for m in ("exact", "f1", "cer", "source_exact", "ssim", "psnr"))
+        + "</tr>"
+        for p in summary["per_layer"]
+    )
+    curve_html = "".join(f"<tr><td>{p['k']}</td><td>{_fmt(p['exact'])}</td><td>{_fmt(p['f1'])}</td></tr>"
+                         for p in summary["curve"])
+    bounds_html = "".join(f"<tr><td>{v}</td>" + "".join(f"<td>{_fmt(summary['bounds'][v].get(m))}</td>"
+                                                        for m in ("exact", "f1", "cer", "ssim")) + "</tr>"
+                          for v in ("none", "all", "target"))
+    grids_html = "".join(f"<h3>{tag} layer: <code>{html.escape(name)}</code></h3><img src='examples_{tag}.png'>"
+                         for tag, name in grids)
+    cfg = html.escape(str(summary["config"]))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>textloc localization</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}td,th{{padding:2px 8px;text-align:right}}
+tr.chosen{{background:#fdd}}code{{font-size:90%}}</style></head><body>
+<h1>Localization report</h1>
+<p><b>Chosen layers</b> ({len(summary['chosen_layers'])}, {summary['chosen_params']:,} parameters,
+{summary['chosen_share']:.3%} of the denoiser): {', '.join(f'<code>{html.escape(n)}</code>'
+for n in summary['chosen_layers'])}</p>
+<p>Selection: smallest k whose exact-match rate reaches {summary['fraction']:.0%} of the all-layers rate
+({_fmt(summary['all_layers_score'])} → threshold {_fmt(summary['threshold'])}). {summary['n_pairs']} pairs.</p>
+<img src="layers.png"><img src="curve.png"><img src="heatmap.png">
+<h2>Bounds</h2><table><tr><th>variant</th><th>exact</th><th>F1</th><th>CER</th><th>SSIM to source</th></tr>
+{bounds_html}</table>
+<h2>Per layer</h2><table><tr><th>#</th><th>module</th><th>kind</th><th>params</th><th>exact</th><th>F1</th>
+<th>CER</th><th>source kept</th><th>SSIM</th><th>PSNR</th></tr>{rows_html}</table>
+<h2>k best layers</h2><table><tr><th>k</th><th>exact</th><th>F1</th></tr>{curve_html}</table>
+<h2>Examples</h2>{grids_html}
+<h2>Config</h2><pre>{cfg}</pre></body></html>"""
+    tmp = out / ".report.html.tmp"
+    tmp.write_text(page)
+    tmp.replace(out / "report.html")
