@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -24,7 +24,7 @@ TARGET = 'a sign that says "DOG"'
 HAS_POOLED = {"sdxl", "sd3", "flux", "if1", "if2"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def tiny(arch: str):
     pipe = build_tiny_pipeline(arch)
     pipe.set_progress_bar_config(disable=True)

@@ -80,6 +80,16 @@ PRESETS: dict[str, Preset] = {
             num_inference_steps=28,
             description="SD3-medium: joint-attention block 10 of 24",
         ),
+        Preset(
+            name="if-i-xl",
+            denoiser="UNet2DConditionModel",
+            total_layers=22,
+            indices=(17,),
+            names=("up_blocks.1.attentions.3",),
+            start_step=2,
+            num_inference_steps=50,
+            description="DeepFloyd IF-I-XL: attention layer 17 of 22 (added text K/V)",
+        ),
     )
 }
 
