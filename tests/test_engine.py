@@ -152,3 +152,21 @@ def test_plan_json_round_trip(tmp_path) -> None:
     assert PatchPlan.from_json(path) == plan
     with pytest.raises(InputError, match="Unknown patch-plan fields"):
         PatchPlan.from_dict({"layers": [], "bogus": 1})
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sd3", "flux"])
+def test_row_layers_batch_equals_separate_runs(arch: str) -> None:
+    """Many plans as rows of one batch (batched sweeps) give each row what its own plan gives alone."""
+    pipe = tiny(arch)
+    names = [layer.name for layer in list_text_layers(pipe)]
+    sets = [[], [names[0]], [names[-1]], names]
+    prompts = [SOURCE] * len(sets)
+    kwargs = {**tiny_call_kwargs(arch, batch_size=len(sets)), "num_inference_steps": 2, "output_type": "np"}
+    gens = [torch.Generator().manual_seed(7) for _ in sets]
+    batched = np.asarray(generate(pipe, prompts, PatchPlan(layers=names), target_prompt=TARGET, row_layers=sets,
+                                  generator=gens, **kwargs).images)
+    for row, layer_set in enumerate(sets):
+        single_kwargs = {**tiny_call_kwargs(arch, batch_size=1), "num_inference_steps": 2, "output_type": "np"}
+        alone = np.asarray(generate(pipe, [SOURCE], PatchPlan(layers=layer_set), target_prompt=TARGET,
+                                    generator=[torch.Generator().manual_seed(7)], **single_kwargs).images)
+        np.testing.assert_allclose(batched[row], alone[0], atol=2e-5, rtol=0)

@@ -60,6 +60,7 @@ class PatchState:
     first_step: int | None = None
     static_calls: int = 0  # denoiser calls recorded in the target run's first step
     fired: dict[str, set[int]] = field(default_factory=dict)
+    row_layers: dict[str, set[int]] | None = None  # layer -> image indices it patches (batched sweeps)
 
     # -- step bookkeeping ---------------------------------------------------------------------------------
     def step_of(self, timestep: Any) -> int:
@@ -142,6 +143,13 @@ def _replace_rows(state: PatchState, layer: TextLayer, module: nn.Module, output
             f"{tuple(current.shape)} (a different batch layout, prompt length or model)"
         )
     rows = state.rows or []
+    if state.row_layers is not None:
+        # Batched sweeps: this layer patches only the images whose plan includes it.
+        wanted = state.row_layers.get(layer.name, set())
+        n = state.n_images or output.shape[0]
+        rows = [r for r in rows if (r % n) in wanted]
+        if not rows:
+            return output
     new = output.clone()
     patch = source[rows].to(output.dtype)
     if state.plan.heads is not None:
@@ -330,6 +338,7 @@ def generate(
     plan: PatchPlan | None = None,
     *,
     target_prompt: str | Sequence[str] | None = None,
+    row_layers: Sequence[Sequence[str | int]] | None = None,
     **call_kwargs: Any,
 ) -> PatchResult:
     r"""Run ``pipe(prompt, **call_kwargs)`` with the target's text information patched in as ``plan`` says.
@@ -339,6 +348,8 @@ def generate(
         prompt: the source prompt(s).
         plan: the patch plan; ``None`` or an empty plan runs the plain pipeline (bit-identical).
         target_prompt: overrides ``plan.target_prompt``.
+        row_layers: for batched sweeps, one layer list per prompt (each a subset of ``plan.layers``; empty =
+            that prompt is not patched). Many plans then run as rows of one batch.
         call_kwargs: passed unchanged to both the target and the source run (seed via ``generator``).
 
     Returns:
@@ -368,7 +379,19 @@ def generate(
         targets = targets * len(prompts)
     if len(targets) != len(prompts):
         raise InputError(f"Expected {len(prompts)} target prompts, but got {len(targets)}")
-    n_images = len(prompts) * call_kwargs.get("num_images_per_prompt", 1)
+    per_prompt = call_kwargs.get("num_images_per_prompt", 1)
+    n_images = len(prompts) * per_prompt
+    by_layer: dict[str, set[int]] | None = None
+    if row_layers is not None:
+        if len(row_layers) != len(prompts):
+            raise InputError(f"Expected {len(prompts)} row layer lists, but got {len(row_layers)}")
+        planned = {layer.name for layer in layers}
+        by_layer = {name: set() for name in planned}
+        for i, refs in enumerate(row_layers):
+            for layer in resolve_layers(pipe, list(refs)) if refs else []:
+                if layer.name not in planned:
+                    raise InputError(f"Row {i} patches {layer.name}, which is not in the plan's layers")
+                by_layer[layer.name].update(range(i * per_prompt, (i + 1) * per_prompt))
 
     generator = call_kwargs.get("generator")
     if generator is None and "latents" not in call_kwargs and any(not layer.static for layer in layers):
@@ -376,7 +399,7 @@ def generate(
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
         generator = call_kwargs["generator"] = torch.Generator("cpu").manual_seed(seed)
     saved = _generator_state(generator)
-    state = PatchState(plan, layers, pipe.scheduler, n_images)
+    state = PatchState(plan, layers, pipe.scheduler, n_images, row_layers=by_layer)
     with patch_hooks(pipe, state):
         state.mode = "record"
         try:
@@ -386,7 +409,8 @@ def generate(
         _restore_generator(generator, saved)
         state.mode, state.step, state.call = "replace", -1, 0
         output = pipe(prompts, **call_kwargs)
-    never = [layer.name for layer in layers if layer.name not in state.fired]
+    never = [layer.name for layer in layers if layer.name not in state.fired
+             and (by_layer is None or by_layer[layer.name])]
     if never:
         raise PlanNeverFiredError(f"These layers were never patched during the run: {never}")
     fired = {name: sorted(steps) for name, steps in state.fired.items()}

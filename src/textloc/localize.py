@@ -56,6 +56,7 @@ class LocalizeConfig:
     ocr: str = "rapidocr"
     fraction: float = 0.9
     chunk_size: int = 8
+    batch_size: int = 64  # prompts per pipeline call: variants x pairs of a chunk run as rows of one batch
     layers: list[str] | None = None
     curve: list[int] | None = None
 
@@ -204,57 +205,73 @@ class Localizer:
         if config.guidance is not None:
             self.call_kwargs["guidance_scale"] = config.guidance
         self.rank, self.world, self.barrier = _distributed()
+        self._none_group: list[tuple[str, list[str]]] = [("none", [])]
         self.records: dict[tuple[str, str], dict[str, Any]] = {}
         self.images: dict[tuple[str, str], Any] = {}
 
     # -- generation ---------------------------------------------------------------------------------------
     def _generate(self, variant: str, names: list[str], pairs: list[PromptPair]) -> list[Any]:
-        generators = [torch.Generator().manual_seed(p.seed) for p in pairs]
-        kwargs = {**self.call_kwargs, "generator": generators}
-        sources = [p.source for p in pairs]
-        if variant == "target":
-            return list(self.pipe([p.target for p in pairs], **kwargs).images)
-        if not names:
-            return list(self.pipe(sources, **kwargs).images)
-        plan = PatchPlan(layers=names, start_step=self.config.start_step, branches=self.config.branches)
-        return list(generate(self.pipe, sources, plan, target_prompt=[p.target for p in pairs], **kwargs).images)
+        images = self._generate_batch([(variant, names)], pairs)
+        return [images[(variant, p.key)] for p in pairs]
+
+    def _generate_batch(self, variants: list[tuple[str, list[str]]], pairs: list[PromptPair]) -> dict:
+        """Every (variant, pair) of the group as one row of one batched call; each row has its own noise."""
+        rows = [(v, names, p) for v, names in variants for p in pairs]
+        prompts = [p.target if v == "target" else p.source for v, _, p in rows]
+        kwargs = {**self.call_kwargs, "generator": [torch.Generator().manual_seed(p.seed) for _, _, p in rows]}
+        union = sorted({name for _, names, _ in rows for name in names})
+        if not union:
+            images = list(self.pipe(prompts, **kwargs).images)
+        else:
+            plan = PatchPlan(layers=union, start_step=self.config.start_step, branches=self.config.branches)
+            images = list(generate(self.pipe, prompts, plan, target_prompt=[p.target for _, _, p in rows],
+                                   row_layers=[names for _, names, _ in rows], **kwargs).images)
+        return {(v, p.key): image for (v, _, p), image in zip(rows, images, strict=True)}
 
     def _source_images(self, pairs: list[PromptPair]) -> list[Any]:
-        missing = [p for p in pairs if ("none", p.key) not in self.images]
-        if missing:
-            for pair, image in zip(missing, self._generate("none", [], missing), strict=True):
-                self.images[("none", pair.key)] = image
+        """The unpatched source images, exactly as the item holding the "none" rows of this chunk made them.
+
+        After a resume they are regenerated with that item's batch composition, so preservation scores are
+        bit-identical to an uninterrupted run's.
+        """
+        if any(("none", p.key) not in self.images for p in pairs):
+            self.images.update(self._generate_batch(self._none_group, pairs))
         return [self.images[("none", p.key)] for p in pairs]
 
-    def _run_item(self, variant: str, names: list[str], pairs: list[PromptPair], path: Path | None) -> None:
+    def _run_item(self, variants: list[tuple[str, list[str]]], pairs: list[PromptPair], path: Path | None) -> None:
         start = time.perf_counter()
-        images = self._generate(variant, names, pairs)
-        seconds = (time.perf_counter() - start) / len(pairs)
-        sources = images if variant == "none" else self._source_images(pairs)
-        reads = self.reader(images, pairs)
+        images = self._generate_batch(variants, pairs)
+        seconds = (time.perf_counter() - start) / len(images)
+        self.images.update(images)
+        sources = self._source_images(pairs)
         records = []
-        for pair, image, source, read in zip(pairs, images, sources, reads, strict=True):
-            record = {"variant": variant, "pair": pair.key, "layers": names, "k": len(names),
-                      "target_value": pair.target_value, "source_value": pair.source_value,
-                      "seconds_per_image": seconds, **self.scorer(image, read, pair, source)}
-            records.append(record)
-            self.records[(variant, pair.key)] = record
-            self.images[(variant, pair.key)] = image
+        for variant, names in variants:
+            batch = [images[(variant, p.key)] for p in pairs]
+            reads = self.reader(batch, pairs)
+            for pair, image, source, read in zip(pairs, batch, sources, reads, strict=True):
+                record = {"variant": variant, "pair": pair.key, "layers": names, "k": len(names),
+                          "target_value": pair.target_value, "source_value": pair.source_value,
+                          "seconds_per_image": seconds, **self.scorer(image, read, pair, source)}
+                records.append(record)
+                self.records[(variant, pair.key)] = record
         if path is not None:
             _append(path, records)
 
     def _run_variants(self, variants: list[tuple[str, list[str]]], desc: str) -> None:
         chunk = max(1, self.config.chunk_size)
-        items = [(v, names, self.pairs[i : i + chunk]) for v, names in variants
-                 for i in range(0, len(self.pairs), chunk)]
+        group = max(1, self.config.batch_size // chunk)
+        if variants and variants[0][0] == "none":
+            self._none_group = variants[:group]
+        items = [(variants[g : g + group], self.pairs[i : i + chunk]) for i in range(0, len(self.pairs), chunk)
+                 for g in range(0, len(variants), group)]
         path = None
         if self.out is not None:
             path = self.out / ("results.jsonl" if self.world == 1 else f"results.rank{self.rank}.jsonl")
         todo = [(i, item) for i, item in enumerate(items) if i % self.world == self.rank
-                and not all((item[0], p.key) in self.records for p in item[2])]
-        for _, (variant, names, pairs) in tqdm(todo, desc=desc, disable=not todo or self.rank != 0,
+                and not all((v, p.key) in self.records for v, _ in item[0] for p in item[1])]
+        for _, (group_variants, pairs) in tqdm(todo, desc=desc, disable=not todo or self.rank != 0,
                                                dynamic_ncols=True):
-            self._run_item(variant, names, pairs, path)
+            self._run_item(group_variants, pairs, path)
         self.barrier()
         if self.out is not None and self.world > 1:
             for record in _read_records(self.out):

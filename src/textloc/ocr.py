@@ -394,14 +394,18 @@ class TesseractBackend:
     def __init__(
         self,
         *,
-        min_height: int = 96,
+        min_height: int = 48,
         pad: float = 0.25,
         psm: int = 7,
         whitelist: str | None = None,
         lang: str = "eng",
         binary: str = "tesseract",
         timeout: float = 30.0,
+        dark_on_light: bool = True,
+        binarize: bool = True,
     ) -> None:
+        self.dark_on_light = dark_on_light
+        self.binarize = binarize
         self.min_height = min_height
         self.pad = pad
         self.psm = psm
@@ -428,12 +432,25 @@ class TesseractBackend:
             cmd += ["-c", f"tessedit_char_whitelist={self.whitelist}"]
         return cmd
 
+    def preprocess(self, image: Image.Image) -> Image.Image:
+        """Upscale + pad, grayscale, optionally force dark-on-light and binarise (Otsu)."""
+        img = prepare_image(image, min_height=self.min_height, pad=self.pad, mode="L")
+        arr = np.asarray(img).astype(np.float64)
+        if self.dark_on_light and edge_colour(img)[0] < arr.mean():
+            arr = 255.0 - arr
+        if self.binarize:
+            from skimage.filters import threshold_otsu
+
+            if arr.max() > arr.min():
+                arr = np.where(arr > threshold_otsu(arr), 255.0, 0.0)
+        return Image.fromarray(arr.astype(np.uint8), mode="L")
+
     def read(self, images: Sequence[Image.Image]) -> list[str]:
         self._binary_path()
         out: list[str] = []
         with tempfile.TemporaryDirectory(prefix="textloc-tess-") as tmp:
             for i, image in enumerate(images):
-                img = prepare_image(image, min_height=self.min_height, pad=self.pad, mode="L")
+                img = self.preprocess(image)
                 path = os.path.join(tmp, f"{i}.png")
                 img.save(path)
                 proc = subprocess.run(

@@ -1,0 +1,210 @@
+"""Localization plumbing, resume-after-SIGKILL, and bad input.
+
+Tiny random pipelines render no text, so these tests use a *stub reader*: it "reads" the target text when a
+patched image is closer (MSE) to the target prompt's own generation than to the source's, else the source
+text. That checks the sweep, scoring, ranking, selection and files -- not OCR, which has its own tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from textloc.cli import app
+from textloc.localize import LocalizeConfig, localize
+from textloc.prompts import load_pairs, read_prompts, text_pairs
+from textloc.testing import build_tiny_pipeline, tiny_call_kwargs
+
+STUB = textwrap.dedent(
+    '''
+    import numpy as np, torch
+
+    def make_stub_reader(pipe, call_kwargs):
+        cache = {}
+
+        def plain(prompt, seed):
+            if (prompt, seed) not in cache:
+                kwargs = {**call_kwargs, "generator": torch.Generator().manual_seed(seed), "output_type": "np"}
+                cache[(prompt, seed)] = np.asarray(pipe(prompt, **kwargs).images[0], dtype=np.float64)
+            return cache[(prompt, seed)]
+
+        def reader(images, pairs):
+            out = []
+            for image, pair in zip(images, pairs):
+                arr = np.asarray(image, dtype=np.float64)
+                arr = arr / 255.0 if arr.max() > 1.5 else arr
+                d_src = ((arr - plain(pair.source, pair.seed)) ** 2).mean()
+                d_tgt = ((arr - plain(pair.target, pair.seed)) ** 2).mean()
+                out.append(pair.target_value if d_tgt < d_src else pair.source_value)
+            return out
+
+        return reader
+    '''
+)
+PROMPTS = [f'a sign that says "{w}"' for w in ("cat", "dog", "open", "stop", "exit", "sale")]
+
+
+def _stub_module(tmp_path: Path) -> Path:
+    (tmp_path / "stub_reader.py").write_text(STUB)
+    return tmp_path
+
+
+def _run(tmp_path: Path, out: Path | None, **config):
+    sys.path.insert(0, str(_stub_module(tmp_path)))
+    try:
+        from stub_reader import make_stub_reader
+    finally:
+        sys.path.pop(0)
+    pipe = build_tiny_pipeline("sd15")
+    kwargs = {k: v for k, v in tiny_call_kwargs("sd15").items()}
+    cfg = LocalizeConfig(model="tiny:sd15", prompts="file", n_pairs=6, steps=2, chunk_size=2, ocr="stub", **config)
+    pairs = text_pairs(PROMPTS, 6, seed=0)
+    reader = make_stub_reader(pipe, {**kwargs, "num_inference_steps": 2})
+    return localize(pipe, pairs, cfg, out=out, reader=reader, **kwargs)
+
+
+def test_localize_on_tiny_pipeline_writes_everything(tmp_path) -> None:
+    result = _run(tmp_path, tmp_path / "run")
+    s = result.summary
+    out = tmp_path / "run"
+    for name in ("results.jsonl", "summary.json", "config.json", "layers.png", "heatmap.png", "curve.png",
+                 "report.html", "examples_best.png"):
+        assert (out / name).exists(), name
+    assert s["bounds"]["all"]["exact"] == 1.0  # all layers patched == the target's generation
+    assert s["bounds"]["none"]["exact"] == 0.0
+    assert s["bounds"]["target"]["exact"] == 1.0
+    assert 1 <= len(s["chosen_layers"]) <= s["n_layers"]
+    assert [p["k"] for p in s["curve"]][0] == 0 and s["curve"][-1]["k"] == s["n_layers"]
+    chosen_k = len(s["chosen_layers"])
+    assert next(p for p in s["curve"] if p["k"] == chosen_k)["exact"] >= s["threshold"]
+    lines = (out / "results.jsonl").read_text().splitlines()
+    variants = {json.loads(line)["variant"] for line in lines}
+    assert {"none", "all", "target"} <= variants
+    assert json.loads((out / "summary.json").read_text())["chosen_layers"] == s["chosen_layers"]
+
+
+def test_resume_refuses_incompatible_run(tmp_path) -> None:
+    _run(tmp_path, tmp_path / "run")
+    from textloc.errors import InputError
+
+    with pytest.raises(InputError, match="another model or settings"):
+        _run(tmp_path, tmp_path / "run", start_step=1)
+
+
+def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path) -> None:
+    """Kill a localization process with SIGKILL after a few records, re-run: records equal a clean run's."""
+    _stub_module(tmp_path)
+    script = tmp_path / "run_localize.py"
+    script.write_text(textwrap.dedent(
+        f'''
+        import sys, torch
+        torch.set_num_threads(1)
+        sys.path.insert(0, {str(tmp_path)!r})
+        from stub_reader import make_stub_reader
+        from textloc.localize import LocalizeConfig, localize
+        from textloc.prompts import text_pairs
+        from textloc.testing import build_tiny_pipeline, tiny_call_kwargs
+        pipe = build_tiny_pipeline("sd15")
+        kwargs = dict(tiny_call_kwargs("sd15"))
+        cfg = LocalizeConfig(model="tiny:sd15", prompts="file", n_pairs=6, steps=2, chunk_size=2, ocr="stub")
+        pairs = text_pairs({PROMPTS!r}, 6, seed=0)
+        reader = make_stub_reader(pipe, {{**kwargs, "num_inference_steps": 2}})
+        localize(pipe, pairs, cfg, out=sys.argv[1], reader=reader, **kwargs)
+        '''
+    ))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(script), str(killed)], env=env)
+    results = killed / "results.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and len(results.read_text().splitlines()) >= 6:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (killed / "summary.json").exists()
+    subprocess.run([sys.executable, str(script), str(killed)], env=env, check=True)
+    clean = tmp_path / "clean"
+    subprocess.run([sys.executable, str(script), str(clean)], env=env, check=True)
+
+    def records(folder: Path) -> dict:
+        out = {}
+        for line in (folder / "results.jsonl").read_text().splitlines():
+            r = json.loads(line)
+            r.pop("seconds_per_image")
+            out[(r["variant"], r["pair"])] = r
+        return out
+
+    assert records(killed) == records(clean)
+    a = json.loads((killed / "summary.json").read_text())
+    b = json.loads((clean / "summary.json").read_text())
+    assert a["chosen_layers"] == b["chosen_layers"] and a["curve"] == b["curve"]
+
+
+def test_pairs_are_seeded_derangements() -> None:
+    pairs = text_pairs(PROMPTS, None, seed=3)
+    assert pairs == text_pairs(PROMPTS, None, seed=3)
+    assert all(p.source_value != p.target_value for p in pairs)
+    assert all(p.source.replace(f'"{p.source_value}"', "") == p.target.replace(f'"{p.target_value}"', "")
+               for p in pairs)
+    embedded = load_pairs("embedded", 10, 0, "style")
+    assert all(p.source != p.target and p.source_value != p.target_value for p in embedded)
+
+
+def test_benchmark_validation_split_reads_shared_files() -> None:
+    try:
+        pairs = load_pairs("simplebench", 5, 0)
+    except Exception as err:  # the shared folder is absent outside this workplace
+        pytest.skip(f"GlyphControl files not found: {err}")
+    assert len(pairs) == 5 and all('"' in p.source for p in pairs)
+
+
+@pytest.mark.parametrize(
+    ("content", "extra", "message"),
+    [
+        ("a sign with no quotes\n", [], "no quoted text"),
+        ("\n\n", [], "is empty"),
+        (None, ["--prompts", "nosuchbench"], "Unknown benchmark"),
+        ('a sign that says "A"\na sign that says "B"\n', ["--ocr", "nosuchocr"], "nosuchocr"),
+    ],
+)
+def test_cli_bad_input(tmp_path, monkeypatch, capsys, content, extra, message) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["localize", "--model", "tiny:sd15", "--out", "run", "--steps", "2"]
+    if content is not None:
+        (tmp_path / "p.txt").write_text(content)
+        args += ["--prompts", "p.txt"]
+    args += extra
+    from textloc import cli
+
+    monkeypatch.setattr(sys, "argv", ["textloc", *args])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_read_prompts_errors(tmp_path) -> None:
+    from textloc.errors import InputError
+
+    with pytest.raises(InputError, match="does not exist"):
+        read_prompts(tmp_path / "missing.txt")
+
+
+def test_cli_localize_help_runs() -> None:
+    result = CliRunner().invoke(app, ["localize", "--help"])
+    assert result.exit_code == 0 and "--attribute" in result.output
+
+
