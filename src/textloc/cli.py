@@ -185,6 +185,12 @@ def main() -> None:
         sys.exit(exit_.exit_code)
     except typer.Abort:
         _fail("aborted")
+    except RuntimeError as err:
+        from .ocr import OCRUnavailableError
+
+        if not isinstance(err, OCRUnavailableError):
+            raise
+        _fail(str(err))
     except FileNotFoundError as err:
         _fail(f"file not found: {err.filename}")
     except click.ClickException as err:

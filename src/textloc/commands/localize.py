@@ -40,7 +40,10 @@ def register(app: typer.Typer) -> None:
         if not 0 < fraction <= 1:
             raise InputError(f"Expected 0 < --fraction <= 1, but got {fraction}")
         if attribute == "text":
-            get_ocr_backend(ocr)  # fail fast, before loading a model, if the backend is unknown
+            try:
+                get_ocr_backend(ocr)  # fail fast, before loading a model, if the backend is unknown
+            except ValueError as err:
+                raise InputError(str(err)) from None
         pairs = load_pairs(prompts, n_pairs, seed, attribute)
         config = LocalizeConfig(model=model, prompts=prompts, attribute=attribute, n_pairs=n_pairs, seed=seed,
                                 steps=steps, guidance=guidance, start_step=start_step, branches=branches, ocr=ocr,
