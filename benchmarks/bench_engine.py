@@ -1,0 +1,104 @@
+"""Engine benchmarks, side by side in one run; prints ratios with min/median/max over repeats.
+
+1. Identity-patch overhead: an empty plan, and a plan that patches *every* text layer with the source's own
+   prompt (hooks fire, values unchanged), against the plain pipeline.
+2. Localization sweep: textloc's batched sweep (every variant x pair of a chunk as rows of one batch) against
+   the naive loop (one generation per layer per pair).
+
+Usage: python benchmarks/bench_engine.py [--model embedded|tiny:sd15|…] [--repeats 3] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from textloc.engine import generate
+from textloc.layers import list_text_layers
+from textloc.loading import load_pipeline
+from textloc.plan import PatchPlan
+from textloc.prompts import text_pairs
+
+WORDS = ["CAT", "DOG", "SUN", "MAP", "ICE", "OWL", "FOX", "TEA"]
+
+
+def timed(fn: Callable[[], object], repeats: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def ratio_line(name: str, ours: list[float], base: list[float]) -> str:
+    ratios = sorted(o / b for o, b in zip(ours, base, strict=True))
+    return (f"{name:<48} ratio min {ratios[0]:.3f}  median {statistics.median(ratios):.3f}  max {ratios[-1]:.3f}"
+            f"   ({statistics.median(ours):.3f}s vs {statistics.median(base):.3f}s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--pairs", type=int, default=4)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    pipe = load_pipeline(args.model, device=args.device)
+    pipe.set_progress_bar_config(disable=True)
+    extra: dict = {}
+    if args.model.startswith("tiny:"):
+        from textloc.testing import tiny_call_kwargs
+
+        extra = tiny_call_kwargs(args.model.split(":", 1)[1])
+    names = [layer.name for layer in list_text_layers(pipe)]
+    print(f"model {args.model} ({len(names)} text layers), {args.steps} steps, device {args.device}, "
+          f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
+    prompt = 'a sign that says "CAT"'
+
+    def kwargs() -> dict:
+        return {**extra, "num_inference_steps": args.steps, "generator": torch.Generator().manual_seed(0)}
+
+    plain = timed(lambda: pipe(prompt, **kwargs()), args.repeats)
+    empty = timed(lambda: generate(pipe, prompt, PatchPlan(), **kwargs()), args.repeats)
+    identity = timed(lambda: generate(pipe, prompt, PatchPlan(layers=names, target_prompt=prompt), **kwargs()),
+                     args.repeats)
+    print(ratio_line("empty plan / plain (goal <= 1.03)", empty, plain))
+    print(ratio_line("identity patch, all layers / plain", identity, plain))
+
+    pairs = text_pairs([f'a sign that says "{w}"' for w in WORDS], args.pairs, seed=0)
+    variants = [[]] + [[n] for n in names] + [names]
+
+    def naive() -> None:
+        for layer_set in variants:
+            for p in pairs:
+                k = {**kwargs(), "generator": torch.Generator().manual_seed(p.seed)}
+                if layer_set:
+                    generate(pipe, p.source, PatchPlan(layers=layer_set), target_prompt=p.target, **k)
+                else:
+                    pipe(p.source, **k)
+
+    def batched() -> None:
+        rows = [(s, p) for s in variants for p in pairs]
+        k = {**kwargs(), "generator": [torch.Generator().manual_seed(p.seed) for _, p in rows]}
+        generate(pipe, [p.source for _, p in rows], PatchPlan(layers=names), target_prompt=[p.target for _, p in rows],
+                 row_layers=[s for s, _ in rows], **k)
+
+    reps = max(1, args.repeats - 1)
+    naive_t = timed(naive, reps)
+    batched_t = timed(batched, reps)
+    print(ratio_line(f"sweep naive / batched ({len(variants)} variants x {len(pairs)} pairs; goal >= 4)",
+                     naive_t, batched_t))
+
+
+if __name__ == "__main__":
+    main()
