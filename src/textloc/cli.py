@@ -13,8 +13,13 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
-import typer
+# The CLI's stderr is for our one-line errors; library chatter (e.g. transformers noting that torchvision is
+# absent) is hidden unless the user asks for it via these variables.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+import click  # noqa: E402
+import typer  # noqa: E402
 from rich.console import Console
 from rich.table import Table
 
