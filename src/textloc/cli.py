@@ -163,6 +163,16 @@ def eval_embedded(
     console.print(f"wrote {out / 'results.json'} and {out / 'samples.png'}")
 
 
+def _quiet_libraries() -> None:
+    """No loading bars from diffusers/transformers on the CLI: stderr carries our messages only."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
+
+
+_quiet_libraries()
+
+
 def _register_feature_commands() -> None:
     """Feature modules under ``textloc.commands`` add their own subcommands (one home per feature)."""
     import importlib

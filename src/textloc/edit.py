@@ -159,10 +159,11 @@ class Scorer:
     clip: str | None = None  # path to CLIP weights for CLIP-T; None -> "n/a"
     embedded: bool = False
     _reader: Any = field(default=None, init=False, repr=False)
+    _clip: Any = field(default=None, init=False, repr=False)
 
     @property
     def reader(self) -> Any:
-        if self._reader is None and self.ocr is not None:
+        if self._reader is None and self.ocr not in (None, "none"):
             from .ocr import get_ocr_backend
 
             self._reader = get_ocr_backend(self.ocr) if isinstance(self.ocr, str) else self.ocr
@@ -202,7 +203,23 @@ class Scorer:
             return None
         from .metrics import clip_t_score
 
-        return float(clip_t_score([to_pil(image)], [prompt], model=self.clip))
+        model, processor = self._clip_model()
+        return float(clip_t_score([to_pil(image)], [prompt], model, processor)[0])
+
+    def _clip_model(self) -> tuple[Any, Any]:
+        """CLIP weights from the user's path, loaded once (never downloaded)."""
+        if self._clip is None:
+            from transformers import CLIPModel, CLIPProcessor
+
+            try:
+                model = CLIPModel.from_pretrained(str(self.clip), local_files_only=True).eval()
+                processor = CLIPProcessor.from_pretrained(str(self.clip), local_files_only=True)
+            except (OSError, ValueError) as err:
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise InputError(f"Expected CLIP weights (a transformers CLIPModel folder) at {self.clip}: {first}") \
+                    from None
+            self._clip = (model, processor)
+        return self._clip
 
 
 def _finite(value: float) -> float | None:
@@ -426,9 +443,9 @@ def glyph_bench_pairs(benchmark: str, n: int | None, seed: int, split: str = "te
     """GlyphControl prompts (SimpleBench / CreativeBench, or a user file or folder of ``*.txt``), paired.
 
     Each prompt's quoted word is swapped for the word of another prompt of the same set (seeded
-    derangement, ``prompts.text_pairs``); ``n`` pairs are then drawn at random (seeded) so every frequency
-    bucket is represented. ``split``: ``test`` (the three rarer buckets; the top-1000 bucket is localization's
-    validation split), ``validation`` or ``all``.
+    derangement, ``prompts.text_pairs``); ``n`` pairs are then drawn at random (``sample_pairs``) so every
+    frequency bucket is represented. ``split``: ``test`` (the three rarer buckets; the top-1000 bucket is
+    localization's validation split), ``validation`` or ``all``.
     """
     from .prompts import BENCHMARKS, benchmark_files, read_prompts, text_pairs
 
@@ -449,17 +466,42 @@ def glyph_bench_pairs(benchmark: str, n: int | None, seed: int, split: str = "te
             raise InputError(f"Expected --benchmark embedded, simplebench, creativebench or a prompt file/folder, "
                              f"but got {benchmark!r}")
     prompts = [p for f in files for p in read_prompts(f)]
-    pairs = text_pairs(prompts, None, seed)
-    if n is not None and n < len(pairs):
-        chosen = sorted(random.Random(seed).sample(range(len(pairs)), n))
-        pairs = [pairs[i] for i in chosen]
-    return pairs
+    return sample_pairs(text_pairs(prompts, None, seed), n, seed)
 
 
-def bench_pairs(benchmark: str, n: int | None, seed: int, split: str = "test") -> list[PromptPair]:
+def sample_pairs(pairs: Sequence[PromptPair], n: int | None, seed: int) -> list[PromptPair]:
+    """``n`` pairs drawn at random (seeded), in file order; all if ``n`` is None.
+
+    The draw is a prefix of one seeded shuffle, so a larger ``n`` gives a superset: a resumed benchmark run
+    with more pairs keeps every record it already has.
+    """
+    if n is None or n >= len(pairs):
+        return list(pairs)
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    return [pairs[i] for i in sorted(order[:n])]
+
+
+def renderable_pairs(pipe: Any, pairs: Sequence[PromptPair]) -> tuple[list[PromptPair], int]:
+    """The pairs whose target text ``pipe`` can render (``check_new_text``), and how many were dropped."""
+    kept = []
+    for pair in pairs:
+        try:
+            check_new_text(pipe, pair.target_value)
+        except InputError:
+            continue
+        kept.append(pair)
+    return kept, len(pairs) - len(kept)
+
+
+def bench_pairs(benchmark: str, n: int | None, seed: int, split: str = "test", pipe: Any = None) -> list[PromptPair]:
+    """Edit pairs of a benchmark; with ``pipe``, only pairs whose target it can render are drawn from."""
     if benchmark == "embedded":
         return embedded_bench_pairs(n or 100, seed)
-    return glyph_bench_pairs(benchmark, n, seed, split)
+    pairs = glyph_bench_pairs(benchmark, None, seed, split)
+    if pipe is not None:
+        pairs, _ = renderable_pairs(pipe, pairs)
+    return sample_pairs(pairs, n, seed)
 
 
 # ------------------------------------------------------------------------------------------------------------
