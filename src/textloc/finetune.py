@@ -32,6 +32,7 @@ How it is built
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -241,7 +242,7 @@ class DataReport:
     """What a data source could use and what it skipped (and why): surfaced in the log and the summary."""
 
     source: str
-    usable: int = 0
+    usable: int = 0  # -1: unbounded (synthetic data is rendered on the fly)
     corrupt_images: list[str] = field(default_factory=list)
     missing_captions: list[str] = field(default_factory=list)
     bad_records: list[str] = field(default_factory=list)
@@ -251,7 +252,7 @@ class DataReport:
         return len(self.corrupt_images) + len(self.missing_captions) + len(self.bad_records)
 
     def summary(self) -> str:
-        parts = [f"{self.usable} usable"]
+        parts = ["rendered on the fly" if self.usable < 0 else f"{self.usable} usable"]
         for label, items in (("corrupt/unreadable images", self.corrupt_images),
                              ("images without a caption", self.missing_captions),
                              ("bad records", self.bad_records)):
@@ -851,18 +852,56 @@ class PeakMemory:
             self.peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class SavedTensorMeter:
+    """Bytes autograd keeps for the backward pass (activations), each storage counted once, weights excluded.
+
+    Why: on the CPU there is no allocator peak to read, and this is the part of training memory a localized
+    LoRA saves -- layers before the first adapted one record no graph and keep no activations. It is exact and
+    the same on every device.
+    """
+
+    def __init__(self, exclude: Sequence[torch.nn.Module] = ()) -> None:
+        self.bytes = 0
+        self._seen = {p.untyped_storage().data_ptr() for module in exclude for p in module.parameters()}
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self._seen:
+            self._seen.add(storage.data_ptr())
+            self.bytes += storage.nbytes()
+        return tensor
+
+    def __enter__(self) -> SavedTensorMeter:
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def _unpack(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Outputs: LoRA file, checkpoints, sample grids, log
 # ----------------------------------------------------------------------------------------------------------
 
 
 def lora_state_dict(pipe: Any) -> dict[str, torch.Tensor]:
-    """The adapter in diffusers' LoRA key format (what ``save_lora_weights`` expects)."""
+    """The adapter in the key format ``save_lora_weights`` expects, as diffusers' training scripts make it.
+
+    U-Net pipelines take diffusers' own LoRA keys (``convert_state_dict_to_diffusers``, as in
+    ``train_text_to_image_lora.py``); transformer pipelines (SD3) take PEFT's keys as they are (as in
+    ``train_dreambooth_lora_sd3.py``) -- converting those would rename only some projections.
+    """
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     state = get_peft_model_state_dict(get_denoiser(pipe))
-    state = convert_state_dict_to_diffusers(state)
+    if getattr(pipe, "unet", None) is not None:
+        state = convert_state_dict_to_diffusers(state)
     return {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in state.items()}
 
 
@@ -970,8 +1009,9 @@ class FinetuneResult:
     trainable_params: int
     denoiser_params: int
     final_loss: float | None
-    step_time_s: float | None  # median over this call's steps
-    peak_memory_bytes: int
+    step_time_s: float | None  # median over this call's steps, the first (warm-up) one left out
+    peak_memory_bytes: int  # CUDA allocator peak, or on CPU the sampled peak RSS increase (see PeakMemory)
+    activation_bytes: int | None  # autograd-saved bytes of one step (see SavedTensorMeter)
     data: dict[str, Any]
 
     @property
@@ -985,12 +1025,24 @@ class FinetuneResult:
 
 
 def _make_accelerator(mixed_precision: str, cpu: bool | None) -> Any:
+    """An ``Accelerator``; in a single process, a second run with other settings resets accelerate's singleton.
+
+    accelerate keeps one process-wide ``AcceleratorState`` and refuses a new mixed-precision or device setting;
+    a notebook or benchmark that trains twice with different settings would otherwise have to restart Python.
+    """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
 
     kwargs: dict[str, Any] = {"mixed_precision": mixed_precision}
     if cpu is not None:
         kwargs["cpu"] = cpu
-    return Accelerator(**kwargs)
+    try:
+        return Accelerator(**kwargs)
+    except ValueError as err:
+        if "already been initialized" not in str(err) or PartialState().num_processes > 1:
+            raise InputError(f"Expected settings that match this accelerate launch, but got {err}") from None
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return Accelerator(**kwargs)
 
 
 def finetune(
@@ -1045,66 +1097,50 @@ def finetune(
     objective = objective_for(pipe)
     layer_names = resolve_layer_spec(pipe, layers if isinstance(layers, str) else list(layers), seed)
     dataset = load_data(data, seed)
+    denoiser = get_denoiser(pipe)
+    if getattr(denoiser, "peft_config", None):
+        raise InputError(
+            f"Expected a pipeline without LoRA adapters, but its {type(denoiser).__name__} already has "
+            f"{sorted(denoiser.peft_config)}; load a fresh pipeline"
+        )
+    targets = sorted(lora_target_modules(pipe, layer_names, config.target))
+    run_key = {"model": model_fingerprint(pipe), "layers": layer_names, "target_modules": targets,
+               "data": dataset.describe(), **config.resume_key()}
+    state = _read_checkpoint(out, run_key, config.steps) if resume else None  # checked before touching the pipe
+
     accelerator = _make_accelerator(config.mixed_precision, None if device is None else device == "cpu")
     main = accelerator.is_main_process
     if main:
         out.mkdir(parents=True, exist_ok=True)
         logger.info("data: %s", dataset.report.summary())
+    if main and state is None:
+        (out / CHECKPOINT_NAME).unlink(missing_ok=True)
+        (out / LOG_NAME).unlink(missing_ok=True)
 
     lora_config = add_lora(pipe, layer_names, rank=config.rank, alpha=config.alpha, target=config.target,
                            seed=config.seed)
-    targets = sorted(lora_config.target_modules)
-    denoiser = get_denoiser(pipe)
     _place(pipe, accelerator)
     params = [p for _, p in trainable_parameters(denoiser)]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     model, optimizer = accelerator.prepare(denoiser, optimizer)
-
-    run_key = {"model": model_fingerprint(pipe), "layers": layer_names, "target_modules": targets,
-               "data": dataset.describe(), **config.resume_key()}
-    start = _resume_or_reset(out, run_key, config.steps, denoiser, optimizer, resume, main)
+    start = 0
+    if state is not None:
+        start = _apply_checkpoint(state, denoiser, optimizer)
+        if main:
+            _truncate_log(out / LOG_NAME, start)
     if main:
         _atomic_write_text(out / CONFIG_NAME, json.dumps({**run_key, "steps": config.steps}, indent=1))
 
-    step_times: list[float] = []
-    loss_value: float | None = None
-    sample_prompts = dataset.sample_prompts(8)
-    bar = tqdm(total=config.steps, initial=min(start, config.steps), desc="finetune", dynamic_ncols=True,
-               disable=not (progress and main))
-    with PeakMemory(accelerator.device) as memory, (out / LOG_NAME).open("a") if main else _Null() as log:
-        if main and start == 0:
-            log.write(json.dumps({"step": 0, "event": "start", "data": dataset.report.to_dict(),
-                                  "layers": layer_names}) + "\n")
-        model.train()
-        for step in range(start, config.steps):
-            began = time.perf_counter()
-            loss_value = _train_step(config, objective, model, optimizer, accelerator, dataset, step, params)
-            if accelerator.device.type == "cuda":
-                torch.cuda.synchronize(accelerator.device)
-            step_times.append(time.perf_counter() - began)
-            done = step + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}")
-            if main:
-                log.write(json.dumps({"step": done, "loss": loss_value, "lr": config.lr,
-                                      "step_time_s": step_times[-1], "time": time.time()}) + "\n")
-                log.flush()
-            if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps:
-                accelerator.wait_for_everyone()
-                if main:
-                    _atomic_torch_save({"lora": _lora_params(denoiser), "optimizer": optimizer.state_dict(),
-                                        "step": done, "rng": _rng_state(), "run": run_key}, out / CHECKPOINT_NAME)
-            if main and config.sample_every and done % config.sample_every == 0:
-                _sample_grid(objective, model, sample_prompts, config, out / "samples" / f"step_{done:06d}.png")
-        bar.close()
-    accelerator.wait_for_everyone()
+    loop = _TrainingLoop(config, objective, model, optimizer, accelerator, dataset, params, out, run_key)
+    with PeakMemory(accelerator.device) as memory:
+        loop.run(start, progress)
     lora_path = out / LORA_WEIGHT_NAME
     trainable, total = parameter_share(pipe)
     result = FinetuneResult(
         out_dir=out, lora_path=lora_path, layers=layer_names, target_modules=targets, steps=config.steps,
-        resumed_from=start, trainable_params=trainable, denoiser_params=total, final_loss=loss_value,
-        step_time_s=float(np.median(step_times)) if step_times else None, peak_memory_bytes=memory.peak_bytes,
-        data=dataset.report.to_dict(),
+        resumed_from=start, trainable_params=trainable, denoiser_params=total, final_loss=loop.loss,
+        step_time_s=float(np.median(loop.step_times[1:] or loop.step_times)) if loop.step_times else None,
+        peak_memory_bytes=memory.peak_bytes, activation_bytes=loop.activation_bytes, data=dataset.report.to_dict(),
     )
     if main:
         save_lora(pipe, out, lora_config)
@@ -1113,20 +1149,72 @@ def finetune(
     return result
 
 
-class _Null:
-    """A do-nothing log for non-main processes."""
+@dataclass
+class _TrainingLoop:
+    """The step loop of :func:`finetune`: train, log, checkpoint and sample on the configured cadence."""
 
-    def __enter__(self) -> _Null:
-        return self
+    config: FinetuneConfig
+    objective: Objective
+    model: torch.nn.Module
+    optimizer: Any
+    accelerator: Any
+    dataset: TrainingData
+    params: list[torch.nn.Parameter]
+    out: Path
+    run_key: dict[str, Any]
+    step_times: list[float] = field(default_factory=list)
+    loss: float | None = None
+    activation_bytes: int | None = None
 
-    def __exit__(self, *exc: object) -> None:
-        return None
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
 
-    def write(self, _text: str) -> None:
-        return None
+    def run(self, start: int, progress: bool) -> None:
+        steps = self.config.steps
+        bar = tqdm(total=steps, initial=min(start, steps), desc="finetune", dynamic_ncols=True,
+                   disable=not (progress and self.main))
+        if start == 0:
+            self._log({"step": 0, "event": "start", "data": self.dataset.report.to_dict(),
+                       "layers": self.run_key["layers"]})
+        self.model.train()
+        for step in range(start, steps):
+            self._step(step, measure=step == start)  # activations are measured on one step per call
+            done = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{self.loss:.4f}")
+            self._log({"step": done, "loss": self.loss, "lr": self.config.lr, "step_time_s": self.step_times[-1],
+                       "time": time.time()})
+            if (self.config.checkpoint_every and done % self.config.checkpoint_every == 0) or done == steps:
+                self._checkpoint(done)
+            if self.main and self.config.sample_every and done % self.config.sample_every == 0:
+                _sample_grid(self.objective, self.model, self.dataset.sample_prompts(8), self.config,
+                             self.out / "samples" / f"step_{done:06d}.png")
+        bar.close()
+        self.accelerator.wait_for_everyone()
 
-    def flush(self) -> None:
-        return None
+    def _step(self, step: int, measure: bool) -> None:
+        meter = SavedTensorMeter(_modules(self.objective.pipe)) if measure else None
+        began = time.perf_counter()
+        self.loss = _train_step(self.config, self.objective, self.model, self.optimizer, self.accelerator,
+                                self.dataset, step, self.params, meter)
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.synchronize(self.accelerator.device)
+        self.step_times.append(time.perf_counter() - began)
+        if meter is not None:
+            self.activation_bytes = meter.bytes
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.main:
+            with (self.out / LOG_NAME).open("a") as log:
+                log.write(json.dumps(record) + "\n")
+
+    def _checkpoint(self, done: int) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.main:
+            denoiser = get_denoiser(self.objective.pipe)
+            _atomic_torch_save({"lora": _lora_params(denoiser), "optimizer": self.optimizer.state_dict(),
+                                "step": done, "rng": _rng_state(), "run": self.run_key}, self.out / CHECKPOINT_NAME)
 
 
 def _place(pipe: Any, accelerator: Any) -> None:
@@ -1138,48 +1226,54 @@ def _place(pipe: Any, accelerator: Any) -> None:
     from diffusers.training_utils import cast_training_params
 
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    for component in pipe.components.values():
-        if isinstance(component, torch.nn.Module):
-            component.to(accelerator.device, dtype=dtype)
+    for component in _modules(pipe):
+        component.to(accelerator.device)
+        if dtype != torch.float32:
+            component.to(dtype=dtype)
     if dtype != torch.float32:
         cast_training_params(get_denoiser(pipe), dtype=torch.float32)
+
+
+def _modules(pipe: Any) -> list[torch.nn.Module]:
+    return [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
 
 
 def _lora_params(denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().to("cpu").clone() for name, p in trainable_parameters(denoiser)}
 
 
-def _resume_or_reset(out: Path, run_key: dict[str, Any], run_key_steps: int, denoiser: torch.nn.Module,
-                     optimizer: Any, resume: bool, main: bool) -> int:
-    """Load ``checkpoint.pt`` when resuming (same settings required); otherwise clear a previous run."""
+def _read_checkpoint(out: Path, run_key: dict[str, Any], steps: int) -> dict[str, Any] | None:
+    """``out/checkpoint.pt`` if there is one, after checking it was made with the same settings."""
     checkpoint = out / CHECKPOINT_NAME
-    if not resume or not checkpoint.exists():
-        if main:
-            checkpoint.unlink(missing_ok=True)
-            (out / LOG_NAME).unlink(missing_ok=True)
-        return 0
+    if not checkpoint.exists():
+        return None
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if state["step"] > run_key_steps:
+    if state["step"] > steps:
         raise InputError(
             f"Expected --steps >= {state['step']} (the checkpoint in {out} is at step {state['step']}), but got "
-            f"{run_key_steps}; pass --no-resume to start over"
+            f"{steps}; pass --no-resume to start over"
         )
     saved = state.get("run", {})
-    if saved != run_key:
-        changed = sorted(k for k in set(saved) | set(run_key) if saved.get(k) != run_key.get(k))
+    changed = sorted(k for k in set(saved) | set(run_key) if saved.get(k) != run_key.get(k))
+    if "layers" in changed:
+        changed.remove("target_modules")  # follows from the layers; listing both only repeats them
+    if changed:
         raise InputError(
             f"Expected the settings of the checkpoint in {out} ({', '.join(f'{k}={saved.get(k)!r}' for k in changed)})"
             f", but got {', '.join(f'{k}={run_key.get(k)!r}' for k in changed)}; pass --no-resume or another --out"
         )
+    return state
+
+
+def _apply_checkpoint(state: dict[str, Any], denoiser: torch.nn.Module, optimizer: Any) -> int:
+    """Restore the adapter, the optimizer and the RNG; returns the step to continue from."""
     named = dict(trainable_parameters(denoiser))
     with torch.no_grad():
         for name, value in state["lora"].items():
             named[name].copy_(value.to(named[name].device, named[name].dtype))
     optimizer.load_state_dict(state["optimizer"])
     _set_rng_state(state["rng"])
-    if main:
-        _truncate_log(out / LOG_NAME, state["step"])
-    logger.info("resuming %s from step %d", out, state["step"])
+    logger.info("resuming from step %d", state["step"])
     return int(state["step"])
 
 
@@ -1189,14 +1283,15 @@ def _step_generator(seed: int, step: int, rank: int) -> torch.Generator:
 
 
 def _train_step(config: FinetuneConfig, objective: Objective, model: torch.nn.Module, optimizer: Any,
-                accelerator: Any, dataset: TrainingData, step: int, params: list[torch.nn.Parameter]) -> float:
+                accelerator: Any, dataset: TrainingData, step: int, params: list[torch.nn.Parameter],
+                meter: SavedTensorMeter | None = None) -> float:
     rank = accelerator.process_index
     prompts, images = dataset.batch(step, config.batch_size, objective.image_size, crop=objective.crop_images,
                                     rank=rank, world=accelerator.num_processes)
     generator = _step_generator(config.seed, step, rank)
     drop = torch.rand(len(prompts), generator=generator) < config.caption_dropout
     prompts = ["" if d else p for p, d in zip(prompts, drop.tolist(), strict=True)]
-    with accelerator.autocast():
+    with accelerator.autocast(), meter if meter is not None else contextlib.nullcontext():
         loss = objective.loss(model, prompts, images, generator)
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
@@ -1230,30 +1325,6 @@ def load_lora_pipeline(model: str, lora_dir: str | Path) -> Any:
     pipe = load_pipeline(model)
     pipe.load_lora_weights(str(path))
     return pipe
-
-
-def saved_tensor_bytes(step: Callable[[], torch.Tensor]) -> int:
-    """Bytes autograd keeps for the backward pass of ``step()`` (its loss), counting each storage once.
-
-    Why: on the CPU there is no allocator peak to read, and this is the part of training memory a localized
-    LoRA saves -- layers before the first adapted one record no graph and keep no activations.
-    """
-    seen: set[tuple[int, int]] = set()
-    total = 0
-
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        storage = tensor.untyped_storage()
-        key = (storage.data_ptr(), storage.nbytes())
-        if key not in seen:
-            seen.add(key)
-            total += storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = step()
-    loss.backward()
-    return total
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1387,6 +1458,7 @@ def bench_finetune(
             "trainable_params": result.trainable_params, "trainable_share": result.trainable_share,
             **score_signs(specs, images, ocr), "precision": fidelity.precision, "recall": fidelity.recall,
             "step_time_s": result.step_time_s, "peak_memory_bytes": result.peak_memory_bytes,
+            "activation_bytes": result.activation_bytes,
             "final_loss": result.final_loss,
         })
         del pipe
@@ -1394,7 +1466,8 @@ def bench_finetune(
                "seed": seed, "n_test": n_test, "features": features, "device": device or "auto", "rows": rows}
     _atomic_write_text(out / "results.json", json.dumps(payload, indent=1))
     _atomic_write_text(out / "results.md", bench_markdown(payload))
-    save_grid([image for images in grids.values() for image in images], out / "comparison.png", cols=8)
+    save_grid([image for images in grids.values() for image in images], out / "comparison.png",
+              cols=len(grids["base"]))
     return payload
 
 
@@ -1413,19 +1486,22 @@ def bench_markdown(payload: dict[str, Any]) -> str:
         f"Precision/recall: tuned vs base samples on `{payload['features']}` features (k=3).",
         "",
         "| variant | layers | trainable params | share | exact | CER | background | text colour | precision | recall "
-        "| step time (ms) | peak memory (MB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| step time (ms) | peak memory (MB) | activations (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in payload["rows"]:
         step_ms = None if row.get("step_time_s") is None else row["step_time_s"] * 1000
         memory = None if row.get("peak_memory_bytes") is None else row["peak_memory_bytes"] / 2**20
+        saved = None if row.get("activation_bytes") is None else row["activation_bytes"] / 2**20
         lines.append(
             f"| {row['variant']} | {len(row['layers'])} | {row['trainable_params']:,} | {row['trainable_share']:.3%} "
             f"| {row['exact']:.3f} | {row['cer']:.3f} | {row['background_acc']:.3f} | {row['text_colour_acc']:.3f} "
             f"| {fmt(row.get('precision'), '.3f')} | {fmt(row.get('recall'), '.3f')} | {fmt(step_ms, '.1f')} "
-            f"| {fmt(memory, '.1f')} |"
+            f"| {fmt(memory, '.1f')} | {fmt(saved, '.1f')} |"
         )
     lines += ["", "Layers per variant:", ""]
     lines += [f"- **{row['variant']}**: {', '.join(row['layers'])}" for row in payload["rows"] if row["layers"]]
-    lines += ["", "Grid `comparison.png`: one row of 8 test prompts per variant, base first.", ""]
+    lines += ["", "Grid `comparison.png`: one row per variant (base first) over the same first test prompts and "
+              "noise. Peak memory: CUDA allocator peak, or on the CPU the sampled RSS increase (noisy); "
+              "activations: bytes autograd keeps for backward in one step (exact).", ""]
     return "\n".join(lines)
