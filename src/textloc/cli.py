@@ -23,6 +23,7 @@ import typer  # noqa: E402
 from rich.console import Console
 from rich.table import Table
 
+from .commands import ModelOpt
 from .errors import InputError, TextlocError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
@@ -31,7 +32,6 @@ app.add_typer(bench_app, name="bench")
 console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="embedded | local diffusers folder | hub id | tiny:ARCH")]
 
 
 def _fail(message: str) -> None:

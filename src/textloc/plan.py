@@ -83,7 +83,8 @@ class PatchPlan:
             raise InputError(f"Expected a JSON object for a patch plan, but got {type(data).__name__}")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise InputError(f"Unknown patch-plan fields {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
+            expected = sorted(cls.__dataclass_fields__)
+            raise InputError(f"Unknown patch-plan fields {sorted(unknown)}; expected {expected}")
         return cls(**data)
 
     def to_json(self, path: str | Path | None = None) -> str:

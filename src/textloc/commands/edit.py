@@ -8,19 +8,9 @@ from typing import Annotated
 
 import typer
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="embedded | local diffusers folder | hub id | tiny:ARCH")]
-LayersOpt = Annotated[str, typer.Option(help="preset | auto | PATH/summary.json | all | layer names/indices")]
+from . import LayersOpt, ModelOpt, bench_group
+
 OcrOpt = Annotated[str, typer.Option(help="OCR backend: rapidocr | tesseract | easyocr | none")]
-
-
-def _bench_group(app: typer.Typer) -> typer.Typer:
-    """The ``bench`` sub-typer the CLI mounts (``textloc.cli.bench_app``), created if the app has none."""
-    for group in app.registered_groups:
-        if group.name == "bench" and group.typer_instance is not None:
-            return group.typer_instance
-    bench = typer.Typer(no_args_is_help=True, help="Benchmarks.")
-    app.add_typer(bench, name="bench")
-    return bench
 
 
 def _ocr_or_none(ocr: str) -> str | None:
@@ -166,7 +156,7 @@ def register(app: typer.Typer) -> None:
         note = "" if result.satisfied else f" (no candidate kept >= {min_preservation:.0%}; most preserving one)"
         console.print(f"best start step: {result.best} of {n_steps}{note}; wrote {out / 'tune.json'}")
 
-    bench = _bench_group(app)
+    bench = bench_group(app)
 
     @bench.command("edit")
     def bench_edit(

@@ -11,10 +11,10 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import InputError
+from . import ModelOpt, bench_group
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="embedded | local diffusers folder | hub id | tiny:ARCH")]
 
 
 def finetune_command(
@@ -127,17 +127,7 @@ def bench_finetune_command(
     console.print(f"wrote {out / 'results.md'}, {out / 'results.json'} and {out / 'comparison.png'}")
 
 
-def _bench_group(app: typer.Typer) -> typer.Typer:
-    """The app's ``bench`` group (the lead's ``cli.bench_app``), created if this app has none."""
-    for group in app.registered_groups:
-        if group.name == "bench" and group.typer_instance is not None:
-            return group.typer_instance
-    bench = typer.Typer(no_args_is_help=True, help="Benchmarks.")
-    app.add_typer(bench, name="bench")
-    return bench
-
-
 def register(app: typer.Typer) -> None:
     """Add ``finetune`` and ``bench finetune`` to ``app``."""
     app.command("finetune")(finetune_command)
-    _bench_group(app).command("finetune")(bench_finetune_command)
+    bench_group(app).command("finetune")(bench_finetune_command)

@@ -7,14 +7,16 @@ from typing import Annotated
 
 import typer
 
+from . import ModelOpt
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def localize(
         out: Annotated[Path, typer.Option("--out", "-o", help="run folder; a compatible run there is resumed")],
-        model: Annotated[str, typer.Option("--model", "-m", help="embedded | folder | hub id | tiny:ARCH")] = "embedded",
+        model: ModelOpt = "embedded",
         prompts: Annotated[str, typer.Option(help="embedded | simplebench | creativebench | prompt FILE")] = "embedded",
-        attribute: Annotated[str, typer.Option(help="text | style | colour | background (last three: embedded)")] = "text",
+        attribute: Annotated[str, typer.Option(help="text | style | colour | background")] = "text",
         n_pairs: Annotated[int, typer.Option("--n-pairs", help="validation pairs")] = 32,
         seed: Annotated[int, typer.Option(help="pairing and noise seed")] = 0,
         steps: Annotated[int | None, typer.Option(help="denoising steps (default: the pipeline's)")] = None,

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import InputError
+from . import ModelOpt, bench_group
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="embedded | local diffusers folder | hub id | tiny:ARCH")]
 LayersOpt = Annotated[str, typer.Option(help="preset | localization summary.json | all | names/indices (comma list)")]
 POLICIES = ("mapping", "llm", "default")
 DETECTORS = ("offline", "llm")
@@ -69,16 +69,6 @@ def _png_bytes(image: Any) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _bench_group(app: typer.Typer) -> typer.Typer:
-    """The CLI's ``bench`` sub-app (made here if the CLI has none yet)."""
-    for group in app.registered_groups:
-        if group.name == "bench" and group.typer_instance is not None:
-            return group.typer_instance
-    bench = typer.Typer(no_args_is_help=True, help="Benchmarks.")
-    app.add_typer(bench, name="bench")
-    return bench
 
 
 def _default_clean_words(words: Path) -> Path | None:
@@ -152,7 +142,7 @@ def register(app: typer.Typer) -> None:
             console.print("no harmful text found; plain generation", highlight=False)
         console.print(f"wrote {out / 'image.png'} and {out / 'report.json'}", highlight=False)
 
-    bench = _bench_group(app)
+    bench = bench_group(app)
 
     @bench.command("safety")
     def bench_safety(
