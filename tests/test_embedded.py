@@ -112,3 +112,19 @@ def test_shipped_model_loads_and_samples_quickly() -> None:
                   generator=torch.Generator().manual_seed(0)).images
     assert images[0].size == (renderer.WIDTH, renderer.HEIGHT)
     assert readers.background_colour(images[0]) in renderer.COLOURS
+
+
+def test_training_resumes_exactly(tmp_path) -> None:
+    """Kill-and-resume is equivalent to an uninterrupted run: batches are a function of the step, state is saved."""
+    from textloc.embedded.train import train
+
+    def cfg(steps: int) -> TrainConfig:
+        return TrainConfig(batch_size=2, max_steps=steps, checkpoint_every=1, sample_every=10_000, warmup_steps=2)
+
+    train(cfg(2), tmp_path / "a")
+    resumed = train(cfg(3), tmp_path / "a")
+    straight = train(cfg(3), tmp_path / "b")
+    a = EmbeddedTextPipeline.from_pretrained_dir(resumed)
+    b = EmbeddedTextPipeline.from_pretrained_dir(straight)
+    for (name, x), (_, y) in zip(a.unet.state_dict().items(), b.unet.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name

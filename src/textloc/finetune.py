@@ -662,9 +662,7 @@ class EmbeddedObjective(Objective):
 
     def loss(self, model: torch.nn.Module, prompts: list[str], images: torch.Tensor,
              generator: torch.Generator) -> torch.Tensor:
-        from diffusers.training_utils import compute_snr
-
-        from .embedded.pipeline import coordinate_channels
+        from .embedded.train import v_prediction_loss
 
         x0 = images.to(self.device, self.dtype)
         with torch.no_grad():
@@ -673,16 +671,7 @@ class EmbeddedObjective(Objective):
                                             tokens["attention_mask"].to(self.device))[0]
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (len(prompts),), generator=generator)
         noise = _randn(x0.shape, generator, x0)
-        t = t.to(self.device)
-        noisy = self.scheduler.add_noise(x0, noise, t)
-        target = _ddpm_target(self.scheduler, x0, noise, t)
-        coords = coordinate_channels(x0.shape[0], x0.shape[2], x0.shape[3], x0.device, x0.dtype)
-        pred = model(torch.cat([noisy, coords], dim=1), t, encoder_hidden_states=embeds).sample
-        snr = compute_snr(self.scheduler, t)
-        base = snr + 1 if self.scheduler.config.prediction_type == "v_prediction" else snr
-        weight = torch.clamp(snr, max=self.gamma) / base
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        return (per_sample * weight.float()).mean()
+        return v_prediction_loss(model, self.scheduler, x0, noise, t.to(self.device), embeds, self.gamma)
 
     def sample(self, prompts: list[str], seed: int, steps: int) -> list[Image.Image]:
         return self.pipe(prompts, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),

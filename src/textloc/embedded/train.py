@@ -78,6 +78,26 @@ def sample_batch(config: TrainConfig, step: int) -> tuple[list[str], torch.Tenso
     return prompts, torch.from_numpy(np.stack(images)), specs
 
 
+def v_prediction_loss(
+    unet: torch.nn.Module, scheduler: DDPMScheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+    embeds: torch.Tensor, gamma: float, coords: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The embedded model's objective: v-prediction MSE with min-SNR-gamma weights ``min(snr, g) / (snr + 1)``.
+
+    Shared by training and LoRA fine-tuning, so both optimise exactly the same thing.
+    """
+    if coords is None:
+        coords = coordinate_channels(x0.shape[0], x0.shape[2], x0.shape[3], x0.device, x0.dtype)
+    noisy = scheduler.add_noise(x0, noise, t)
+    target = scheduler.get_velocity(x0, noise, t)
+    pred = unet(torch.cat([noisy, coords], dim=1), t, encoder_hidden_states=embeds).sample
+    alphas = scheduler.alphas_cumprod.to(t.device)[t]
+    snr = alphas / (1 - alphas)
+    weight = torch.clamp(snr, max=gamma) / (snr + 1)
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * weight.float()).mean()
+
+
 def _atomic_save(obj: object, path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(obj, tmp)
@@ -114,8 +134,6 @@ def train(config: TrainConfig, out_dir: str | Path, max_minutes: float | None = 
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     ema = EMAModel(params, decay=config.ema_decay)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    alphas = noise_scheduler.alphas_cumprod
-    snr = alphas / (1 - alphas)
 
     step = 0
     ckpt = out / "checkpoint.pt"
@@ -143,14 +161,9 @@ def train(config: TrainConfig, out_dir: str | Path, max_minutes: float | None = 
                                          images.dtype)
         noise = torch.randn_like(images)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (images.shape[0],))
-        noisy = noise_scheduler.add_noise(images, noise, t)
-        target = noise_scheduler.get_velocity(images, noise, t)
         tokens = pipe.tokenizer(prompts)
         embeds = text_encoder(tokens["input_ids"], tokens["attention_mask"])[0]
-        pred = unet(torch.cat([noisy, coords], dim=1), t, encoder_hidden_states=embeds).sample
-        # min-SNR-gamma weighting for v-prediction: min(snr, gamma) / (snr + 1)
-        weight = torch.clamp(snr[t], max=config.min_snr_gamma) / (snr[t] + 1)
-        loss = (F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)) * weight).mean()
+        loss = v_prediction_loss(unet, noise_scheduler, images, noise, t, embeds, config.min_snr_gamma, coords)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
