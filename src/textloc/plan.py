@@ -95,9 +95,12 @@ class PatchPlan:
 
     @classmethod
     def from_json(cls, text_or_path: str | Path) -> PatchPlan:
-        path = Path(text_or_path)
+        text = str(text_or_path)
         try:
-            text = path.read_text() if (len(str(text_or_path)) < 4096 and path.exists()) else str(text_or_path)
+            if not text.lstrip().startswith("{"):  # a path, not JSON text
+                text = Path(text_or_path).read_text()
             return cls.from_dict(json.loads(text))
+        except OSError as err:
+            raise InputError(f"Cannot read patch plan {text_or_path}: {err.strerror}") from None
         except json.JSONDecodeError as err:
             raise InputError(f"Patch plan is not valid JSON: {err}") from None

@@ -74,7 +74,7 @@ def _quote(text: str | None) -> str:
     """OCR output shown in Markdown: quoted, with an explicit marker for "nothing read"."""
     if text is None:
         return "n/a (OCR off)"
-    return f"`{text}`" if text else "*(nothing read)*"
+    return _code(text) if text else "*(nothing read)*"
 
 
 def _md_escape(text: str) -> str:
@@ -82,6 +82,11 @@ def _md_escape(text: str) -> str:
     for char in "\\`*_{}[]<>#|":
         text = text.replace(char, "\\" + char)
     return text
+
+
+def _code(text: str) -> str:
+    """``text`` as a Markdown code span (inside one, only backticks are special, so they are replaced)."""
+    return f"`{text.replace('`', chr(39))}`" if text else "` `"
 
 
 def _error_md(err: BaseException) -> str:
@@ -199,7 +204,7 @@ def _int(value: Any, name: str, low: int | None = None, high: int | None = None)
 
 def _check_prompt(prompt: Any) -> str:
     if not isinstance(prompt, str) or not prompt.strip():
-        raise InputError('Expected a prompt, but the prompt is empty; try ' + EXAMPLE_PROMPT)
+        raise InputError(f"Expected a prompt, but the prompt is empty; try e.g. {EXAMPLE_PROMPT}")
     return prompt.strip()
 
 
@@ -244,16 +249,17 @@ def _safety_md(report: Any) -> str:
     if report is None:
         return ""
     if not report.flagged:
-        rendered = ", ".join(f"`{s.text}`" for s in report.spans) or "*(no rendered text found)*"
+        rendered = ", ".join(_code(s.text) for s in report.spans) or "*(no rendered text found)*"
         return f"**Safe mode**: nothing harmful in the rendered text ({rendered}); plain generation."
     lines = ["**Safe mode replaced harmful text** (only the localized layers saw the replacement):", ""]
     for finding, replacement in zip(report.findings, report.replacements, strict=False):
-        why = ", ".join(finding.verdict.reasons) or f"score {finding.verdict.score:.2f}"
-        lines.append(f"- `{_md_escape(finding.text)}` → `{_md_escape(replacement.replacement)}` "
-                     f"({replacement.source}; detected: {_md_escape(why)})")
-    lines += ["", f"Protected prompt: `{_md_escape(report.safe_prompt)}`",
-              f"Patched layers: {len(report.layers)}; fired: {'yes' if report.fired else 'no'}"]
-    lines += [f"- note: {_md_escape(note)}" for note in report.notes]
+        why = ", ".join([f"score {finding.verdict.score:.2f}", *finding.verdict.reasons])
+        lines.append(f"- {_code(finding.text)} → {_code(replacement.replacement)} "
+                     f"(replacement: {replacement.source} policy; detector {_md_escape(report.detector)}: "
+                     f"{_md_escape(why)})")
+    lines += ["", f"Protected prompt: {_code(report.safe_prompt)}", "",
+              f"Patched layers: {len(report.layers)} · fired: {'yes' if report.fired else 'no'}"]
+    lines += [f"\nNote: {_md_escape(note)}" for note in report.notes]
     return "\n".join(lines)
 
 
@@ -264,7 +270,7 @@ def _metrics_md(result: Any) -> str:
     lines = [
         "| | source | edited |",
         "|---|---|---|",
-        f"| prompt text | `{_md_escape(result.source_text)}` | `{_md_escape(result.target_text)}` |",
+        f"| prompt text | {_code(result.source_text)} | {_code(result.target_text)} |",
         f"| OCR reads | {_quote(m.get('source_read'))} | {_quote(m.get('read'))} |",
         "",
         f"**PSNR** to the source: {_fmt(m.get('psnr'), 3)} dB · **SSIM**: {_fmt(m.get('ssim'), 3)} · "
@@ -383,7 +389,7 @@ def build_app(pipe: Any, *, model_name: str = "embedded", ocr: Any = "rapidocr",
                 for which, candidate in (("prompt", text), ("new text", target)):
                     report = check_prompt(candidate, state.detector)
                     if report.flagged:
-                        words = ", ".join(f"`{f.text}`" for f in report.findings)
+                        words = ", ".join(f'"{f.text}"' for f in report.findings)
                         raise InputError(f"Safe mode is on and the {which} contains harmful text ({words}); "
                                          "turn safe mode off or choose another text")
             ocr_reader = state.ocr
@@ -401,7 +407,7 @@ def build_app(pipe: Any, *, model_name: str = "embedded", ocr: Any = "rapidocr",
             (folder / "metrics.json").write_text(json.dumps(result.to_dict(), indent=2, default=str) + "\n")
             files += [str(folder / "plan.json"), str(folder / "metrics.json")]
             start_note = f", patched from step {result.plan.start_step}"
-            status = (f"✓ Edited `{_md_escape(result.source_text)}` → `{_md_escape(result.target_text)}` "
+            status = (f"✓ Edited {_code(result.source_text)} → {_code(result.target_text)} "
                       f"in {result.seconds:.2f} s{start_note}.")
             return (display_image(result.source_image), display_image(result.edited_image), _metrics_md(result),
                     files, status)

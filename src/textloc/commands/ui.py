@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="embedded | local diffusers folder | hub id | tiny:ARCH")]
+from . import ModelOpt
 
 
 def _is_loopback(host: str) -> bool:
