@@ -13,7 +13,7 @@ Backends
     Reads >= 99.5% of clean 24x64 renders of 3-6 random capitals exactly (99.8-99.9% with
     ``charset=UPPERCASE``).
 ``tesseract``
-    The ``tesseract`` command-line program in single-line mode (``--psm 7``); ~96-98% on the same
+    The ``tesseract`` command-line program in single-line mode (``--psm 7``); 92-98% on the same
     renders, so it is a cross-check, not the default.
 ``easyocr``
     Optional; needs ``easyocr`` installed *and* its weights on disk (we never download).
@@ -50,6 +50,10 @@ __all__ = [
     "get_ocr_backend",
     "prepare_image",
     "edge_colour",
+    "autocrop",
+    "word_segments",
+    "UPPERCASE",
+    "UPPERCASE_DIGITS",
 ]
 
 
@@ -151,7 +155,7 @@ def _join_boxes(items: list[tuple[np.ndarray, str]]) -> str:
     return " ".join(t.strip() for line in _group_lines(items) for _, t in line if t.strip())
 
 
-def autocrop(image: Image.Image, *, margin: float = 0.3, threshold: int = 40) -> Image.Image:
+def autocrop(image: Image.Image, *, margin: float = 0.2, threshold: int = 40) -> Image.Image:
     """Crop to the ink (pixels unlike the edge colour) plus ``margin`` x ink height of background.
 
     The recogniser is trained on tight line crops from the detector; this emulates such a crop when
@@ -251,7 +255,8 @@ class RapidOCRBackend:
     ``"detect"``
         Upscale, pad with the edge colour, run the text detector, recognise each box, join boxes
         left-to-right within lines and lines top-to-bottom. Needed for multi-line or cluttered
-        images; ~10x slower. If nothing is detected, falls back to ``"line"``.
+        images; ~20x slower on tiny images (the detector upsamples them to 736 px). If nothing
+        is detected, falls back to ``"line"``.
     ``"auto"`` (default)
         ``"line"`` when the input is at most ``line_max_height`` px high, else ``"detect"``.
 
@@ -280,7 +285,9 @@ class RapidOCRBackend:
             classes of all others are zeroed before CTC decoding, like tesseract's
             ``tessedit_char_whitelist``. With :data:`UPPERCASE` this removes the O/0 and I/1
             confusions that are most of the remaining errors on tiny uppercase renders. It is
-            exact: ``"A"`` does not allow ``"a"``.
+            exact: ``"A"`` does not allow ``"a"``. Applied when the engine is created.
+        x_stretch: line-mode horizontal stretch before recognition (1.0 = off; 1.25 measured
+            no better than 1.0).
         engine_kwargs: passed to ``rapidocr_onnxruntime.RapidOCR`` (e.g. ``intra_op_num_threads``).
     """
 
@@ -303,7 +310,6 @@ class RapidOCRBackend:
         x_stretch: float = 1.0,
         **engine_kwargs: Any,
     ) -> None:
-        self.x_stretch = x_stretch
         if mode not in ("auto", "line", "detect"):
             raise ValueError(f"Expected mode in ('auto', 'line', 'detect') but got {mode!r}")
         self.mode = mode
@@ -317,6 +323,7 @@ class RapidOCRBackend:
         self.use_cls = use_cls
         self.text_score = text_score
         self.charset = charset
+        self.x_stretch = x_stretch
         self.engine_kwargs = engine_kwargs
         self._engine: Any = None
 
@@ -411,6 +418,9 @@ class TesseractBackend:
         lang: tesseract language.
         binary: the program name or path.
         timeout: seconds per image.
+        dark_on_light: invert light-on-dark images (tesseract is tuned for dark text on white).
+        binarize: Otsu-threshold the grayscale image; +4 points of exact reads on our tiny renders
+            (92.5% -> 96.5% on 200, without whitelist).
     """
 
     name = "tesseract"
@@ -428,8 +438,6 @@ class TesseractBackend:
         dark_on_light: bool = True,
         binarize: bool = True,
     ) -> None:
-        self.dark_on_light = dark_on_light
-        self.binarize = binarize
         self.min_height = min_height
         self.pad = pad
         self.psm = psm
@@ -437,6 +445,8 @@ class TesseractBackend:
         self.lang = lang
         self.binary = binary
         self.timeout = timeout
+        self.dark_on_light = dark_on_light
+        self.binarize = binarize
         self._path: str | None = None
 
     def _binary_path(self) -> str:
