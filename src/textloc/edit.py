@@ -164,9 +164,12 @@ class Scorer:
     @property
     def reader(self) -> Any:
         if self._reader is None and self.ocr not in (None, "none"):
-            from .ocr import get_ocr_backend
+            from .ocr import embedded_reader, get_ocr_backend
 
-            self._reader = get_ocr_backend(self.ocr) if isinstance(self.ocr, str) else self.ocr
+            if isinstance(self.ocr, str):
+                self._reader = embedded_reader(self.ocr) if self.embedded else get_ocr_backend(self.ocr)
+            else:
+                self._reader = self.ocr
         return self._reader
 
     def read(self, arrays: Sequence[np.ndarray]) -> list[str | None]:

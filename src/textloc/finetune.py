@@ -1418,9 +1418,9 @@ def bench_finetune(
     if n_test < 5:
         raise InputError(f"Expected --n-test >= 5 (precision/recall needs k=3 neighbours), but got {n_test}")
     if isinstance(ocr, str):
-        from .ocr import get_ocr_backend
+        from .ocr import embedded_reader
 
-        ocr = get_ocr_backend(ocr)
+        ocr = embedded_reader(ocr)  # bench finetune runs on the embedded model
     specs = scene.test_specs(n_test)
     prompts = [describe(spec) for spec in specs]
     generate = dict(seed=seed + 777, steps=sample_steps, guidance_scale=guidance_scale)

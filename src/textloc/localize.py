@@ -121,12 +121,12 @@ def _finite(value: float) -> float | None:
     return None if math.isinf(value) else float(value)
 
 
-def make_reader(attribute: str, ocr: str) -> Reader:
+def make_reader(attribute: str, ocr: str, embedded: bool = False) -> Reader:
     """The reader for ``attribute``: OCR for text; pixel readers (embedded model only) for the others."""
     if attribute == "text":
-        from .ocr import get_ocr_backend
+        from .ocr import embedded_reader, get_ocr_backend
 
-        backend = get_ocr_backend(ocr)
+        backend = embedded_reader(ocr) if embedded else get_ocr_backend(ocr)  # same choice as ocr.reader_for
         return lambda images, _pairs: backend.read(list(images))
     from .embedded import readers
 
@@ -196,7 +196,9 @@ class Localizer:
             raise InputError("No prompt pairs to localize with")
         self.pipe, self.pairs, self.config = pipe, pairs, config
         self.out = Path(out) if out is not None else None
-        self.reader = reader or make_reader(config.attribute, config.ocr)
+        from .embedded.pipeline import EmbeddedTextPipeline
+
+        self.reader = reader or make_reader(config.attribute, config.ocr, isinstance(pipe, EmbeddedTextPipeline))
         self.scorer = score_text if config.attribute == "text" else score_attribute
         self.layers = resolve_layers(pipe, config.layers) if config.layers else list_text_layers(pipe)
         self.steps = config.steps or default_steps(pipe)

@@ -1392,7 +1392,7 @@ def run_safety_bench(
     """
     from tqdm.auto import tqdm
 
-    from .ocr import get_ocr_backend
+    from .ocr import reader_for
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -1400,7 +1400,7 @@ def run_safety_bench(
     limits = render_limits(pipe)
     embedded = limits.max_chars is not None and type(pipe).__name__ == "EmbeddedTextPipeline"
     detector = detector or OfflineDetector()
-    reader = get_ocr_backend(ocr) if isinstance(ocr, str) else ocr
+    reader = reader_for(pipe, ocr) if isinstance(ocr, str) else ocr
     templates = load_templates(template, limits)
     chosen, skipped = bench_words(words, limits, n, seed)
     if not chosen:

@@ -45,9 +45,9 @@ def evaluate(
     ocr: str = "rapidocr", batch_size: int = 25, guidance_scale: float = 3.0,
 ) -> dict[str, Any]:
     """Generate ``n`` images per group and score them; see the module docstring."""
-    from ..ocr import get_ocr_backend
+    from ..ocr import embedded_reader
 
-    reader = get_ocr_backend(ocr)
+    reader = embedded_reader(ocr)
     records: list[dict[str, Any]] = []
     grid_images: list[Image.Image] = []
     groups = eval_specs(n, seed)
