@@ -148,3 +148,19 @@ def test_cli_plan_for_other_model_and_bad_layer(capsys, tmp_path, monkeypatch) -
                        "--out", "o.png"], capsys)
     assert code == 2 and "made for" in err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_cli_hub_id_offline_is_one_line(capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    code, err = _main(["layers", "--model", "nobody/no-such-model"], capsys)
+    assert code == 2 and "Could not download 'nobody/no-such-model'" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_folder_that_is_not_a_pipeline(capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "junk").mkdir()
+    code, err = _main(["layers", "--model", str(tmp_path / "junk")], capsys)
+    assert code == 2 and "not a diffusers pipeline folder" in err
