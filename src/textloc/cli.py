@@ -25,6 +25,7 @@ from rich.table import Table
 
 from .commands import ModelOpt
 from .errors import InputError, TextlocError
+from .io import save_image_atomic
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: editing, safety, fine-tuning.")
@@ -39,22 +40,6 @@ def _fail(message: str) -> None:
 
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
     sys.exit(2)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def save_image_atomic(image, path: Path) -> None:
-    """Save a PIL image without ever leaving a partial file at ``path``."""
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"))
-    _atomic_write_bytes(path, buffer.getvalue())
 
 
 @app.command()

@@ -15,10 +15,8 @@ layers, and Prompt-to-Prompt word swap (``textloc.p2p``). See docs/editing.md.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
-import os
 import random
 import re
 import time
@@ -33,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .engine import default_steps, generate
 from .errors import InputError
+from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, save_image_atomic
 from .layers import list_text_layers, model_fingerprint
 from .plan import PatchPlan
 from .prompts import PromptPair
@@ -579,36 +578,7 @@ def parse_methods(spec: str | Sequence[str] | None, pipe: Any) -> list[str]:
 
 
 def _read_records(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
-    records: dict[tuple[str, str], dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill; that item is redone
-            records[(record["key"], record["method"])] = record
-    return records
-
-
-def _append(path: Path, record: dict[str, Any]) -> None:
-    with path.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name and rename it into place (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def save_png(image: Image.Image, path: Path) -> None:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    atomic_write(path, buffer.getvalue())
+    return {(r["key"], r["method"]): r for r in read_jsonl(path)}
 
 
 def _check_config(out: Path, config: BenchConfig) -> None:
@@ -623,7 +593,7 @@ def _check_config(out: Path, config: BenchConfig) -> None:
                 f"{diff}; use another --out"
             )
         return
-    atomic_write(path, (json.dumps(payload, indent=2) + "\n").encode())
+    atomic_write_json(path, payload)
 
 
 def run_edit_bench(
@@ -667,7 +637,7 @@ def run_edit_bench(
         source = _first(pipe(pair.source, **_fresh(base, pair.seed)).images)
         (source_read,) = scorer.read([source])
         folder = out / "images" / pair.key
-        save_png(to_pil(source), folder / "source.png")
+        save_image_atomic(to_pil(source), folder / "source.png")
         for method in missing:
             start = time.perf_counter()
             edited = runners[method](pair, _fresh(base, pair.seed))
@@ -677,8 +647,8 @@ def run_edit_bench(
                       "source_text": pair.source_value, "target_text": pair.target_value, "seed": pair.seed,
                       "source_read": None if source_read is None else _normalize(source_read), "seconds": seconds,
                       **scorer.score(edited, source, pair.target_value, pair.target, read)}
-            save_png(to_pil(edited), folder / f"{method}.png")
-            _append(results, record)
+            save_image_atomic(to_pil(edited), folder / f"{method}.png")
+            append_jsonl(results, [record])
             done[(pair.key, method)] = record
             bar.update(1)
     bar.close()
@@ -687,12 +657,12 @@ def run_edit_bench(
     summary = summarise(records, methods, embedded=is_embedded(pipe))
     summary["config"] = asdict(config)
     summary["n_pairs"] = len(pairs)
-    atomic_write(out / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
-    atomic_write(out / "results.md", markdown_table(summary).encode())
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "results.md", markdown_table(summary))
     examples = [(p.key, f'"{p.source_value}" -> "{p.target_value}"') for p in pairs[:6]]
     grid = make_grid(out, examples, [m for m in GRID_METHODS if m in methods])
     if grid is not None:
-        save_png(grid, out / "grid.png")
+        save_image_atomic(grid, out / "grid.png")
     return summary
 
 

@@ -52,6 +52,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .errors import InputError, UnsupportedModelError
+from .io import atomic_torch_save, atomic_write_text, save_image_atomic
 from .layers import get_denoiser, list_text_layers, model_fingerprint
 
 logger = logging.getLogger(__name__)
@@ -921,18 +922,6 @@ def save_lora(pipe: Any, out_dir: str | Path, lora_config: Any) -> Path:
     return out / LORA_WEIGHT_NAME
 
 
-def _atomic_torch_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_grid(images: Sequence[Image.Image], path: Path, cols: int = 4, scale: int | None = None) -> None:
     """Images in a grid PNG, written atomically; small images are upscaled (nearest) to stay inspectable."""
     if not images:
@@ -944,10 +933,7 @@ def save_grid(images: Sequence[Image.Image], path: Path, cols: int = 4, scale: i
     for i, image in enumerate(images):
         grid.paste(image.convert("RGB").resize((w, h)), ((i % cols) * w, (i // cols) * h))
     grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    grid.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    save_image_atomic(grid, path)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -977,7 +963,7 @@ def _truncate_log(path: Path, last_step: int) -> None:
                 kept.append(line)
         except json.JSONDecodeError:
             continue  # a line cut by the kill
-    _atomic_write_text(path, "".join(line + "\n" for line in kept))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1118,7 +1104,7 @@ def finetune(
         if main:
             _truncate_log(out / LOG_NAME, start)
     if main:
-        _atomic_write_text(out / CONFIG_NAME, json.dumps({**run_key, "steps": config.steps}, indent=1))
+        atomic_write_text(out / CONFIG_NAME, json.dumps({**run_key, "steps": config.steps}, indent=1))
 
     loop = _TrainingLoop(config, objective, model, optimizer, accelerator, dataset, params, out, run_key)
     with PeakMemory(accelerator.device) as memory:
@@ -1133,7 +1119,7 @@ def finetune(
     )
     if main:
         save_lora(pipe, out, lora_config)
-        _atomic_write_text(out / SUMMARY_NAME, json.dumps(result.to_dict(), indent=1))
+        atomic_write_text(out / SUMMARY_NAME, json.dumps(result.to_dict(), indent=1))
     model.eval()
     return result
 
@@ -1202,7 +1188,7 @@ class _TrainingLoop:
         self.accelerator.wait_for_everyone()
         if self.main:
             denoiser = get_denoiser(self.objective.pipe)
-            _atomic_torch_save({"lora": _lora_params(denoiser), "optimizer": self.optimizer.state_dict(),
+            atomic_torch_save({"lora": _lora_params(denoiser), "optimizer": self.optimizer.state_dict(),
                                 "step": done, "rng": _rng_state(), "run": self.run_key}, self.out / CHECKPOINT_NAME)
 
 
@@ -1453,8 +1439,8 @@ def bench_finetune(
         del pipe
     payload = {"scenario": asdict(scene), "steps": steps, "rank": rank, "lr": lr, "batch_size": batch_size,
                "seed": seed, "n_test": n_test, "features": features, "device": device or "auto", "rows": rows}
-    _atomic_write_text(out / "results.json", json.dumps(payload, indent=1))
-    _atomic_write_text(out / "results.md", bench_markdown(payload))
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=1))
+    atomic_write_text(out / "results.md", bench_markdown(payload))
     save_grid([image for images in grids.values() for image in images], out / "comparison.png",
               cols=len(grids["base"]))
     return payload

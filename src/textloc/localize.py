@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .engine import default_steps, generate
 from .errors import InputError
+from .io import append_jsonl, atomic_write_json, read_jsonl
 from .layers import TextLayer, get_denoiser, list_text_layers, model_fingerprint, resolve_layers
 from .plan import PatchPlan
 from .prompts import PromptPair
@@ -159,22 +160,8 @@ def _variants(layers: list[TextLayer]) -> list[tuple[str, list[str]]]:
 
 
 def _read_records(out: Path) -> list[dict[str, Any]]:
-    records: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in sorted(out.glob("results*.jsonl")):
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill; its item is redone
-            records[(record["variant"], record["pair"])] = record
+    records = {(r["variant"], r["pair"]): r for path in sorted(out.glob("results*.jsonl")) for r in read_jsonl(path)}
     return list(records.values())
-
-
-def _append(path: Path, records: list[dict[str, Any]]) -> None:
-    with path.open("a") as handle:
-        handle.write("".join(json.dumps(r) + "\n" for r in records))
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _distributed() -> tuple[int, int, Callable[[], None]]:
@@ -257,7 +244,7 @@ class Localizer:
                 records.append(record)
                 self.records[(variant, pair.key)] = record
         if path is not None:
-            _append(path, records)
+            append_jsonl(path, records)
 
     def _run_variants(self, variants: list[tuple[str, list[str]]], desc: str) -> None:
         chunk = max(1, self.config.chunk_size)
@@ -294,7 +281,7 @@ class Localizer:
 
             self._ensure_examples([r["name"] for r in (summary["ranking"][0], summary["ranking"][-1])])
 
-            _atomic_json(self.out / "summary.json", summary)
+            atomic_write_json(self.out / "summary.json", summary)
             write_report(self.out, summary, self.records, self.images, self.pairs)
         return LocalizationResult(summary, sorted(self.records.values(), key=lambda r: (r["variant"], r["pair"])))
 
@@ -325,7 +312,7 @@ class Localizer:
             for record in _read_records(self.out):
                 self.records[(record["variant"], record["pair"])] = record
         elif self.rank == 0:
-            _atomic_json(config_path, fingerprint)
+            atomic_write_json(config_path, fingerprint)
         self.barrier()
 
     def _score(self, variant: str, key: str = "exact") -> float:
@@ -387,12 +374,6 @@ class Localizer:
             "config": asdict(self.config),
             "versions": _versions(),
         }
-
-
-def _atomic_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def _versions() -> dict[str, str]:

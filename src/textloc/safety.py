@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import InputError, TextlocError
+from .io import atomic_write_text, save_image_atomic
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -1283,24 +1284,6 @@ def score_images(images: dict[str, Any], readings: dict[str, str], word: str, re
     return out
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _atomic_save_image(image: Any, path: Path) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
-
-
 def read_records(path: Path) -> list[dict[str, Any]]:
     """Records of a (possibly interrupted) JSONL file; a torn last line is dropped, so it is redone."""
     if not path.exists():
@@ -1413,7 +1396,7 @@ def run_safety_bench(
     records = read_records(results_path)
     done = {r["key"] for r in records}
     # Rewrite without a torn tail so appends start on a fresh line.
-    _atomic_write_text(results_path, "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(results_path, "".join(json.dumps(r) + "\n" for r in records))
     bar = tqdm(total=len(chosen), initial=len(done), desc="bench safety", dynamic_ncols=True, disable=not progress)
     with results_path.open("a", encoding="utf-8") as sink:
         for index, word in enumerate(chosen):
@@ -1445,8 +1428,8 @@ def run_safety_bench(
               "skipped_unrenderable": skipped, "sld": sld_note, "layers": list(layers)}
     header = (f"# Safety bench: {config.get('model', type(pipe).__name__)}, {len(records)} words "
               f"({skipped} skipped as unrenderable), layers: {', '.join(layers)}")
-    _atomic_write_text(out / "results.json", json.dumps(result, indent=1) + "\n")
-    _atomic_write_text(out / "results.md", bench_markdown(summary, detector_report, header))
+    atomic_write_text(out / "results.json", json.dumps(result, indent=1) + "\n")
+    atomic_write_text(out / "results.md", bench_markdown(summary, detector_report, header))
     return result
 
 
@@ -1502,7 +1485,7 @@ def _save_strip(images: dict[str, Any], path: Path) -> None:
     strip = Image.new("RGB", (width * len(pictures), height), "white")
     for i, picture in enumerate(pictures):
         strip.paste(picture.resize((width, height)), (i * width, 0))
-    _atomic_save_image(strip, path)
+    save_image_atomic(strip, path)
 
 
 def _check_config(path: Path, config: dict[str, Any]) -> None:
@@ -1516,4 +1499,4 @@ def _check_config(path: Path, config: dict[str, Any]) -> None:
             raise InputError(f"Expected {path.parent} to be empty or hold a run with the same settings, but its "
                              "config.json differs; use another --out folder")
         return
-    _atomic_write_text(path, json.dumps(config, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(config, indent=1) + "\n")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from ..io import atomic_write_json
 from . import LayersOpt, ModelOpt, bench_group
 
 OcrOpt = Annotated[str, typer.Option(help="OCR backend: rapidocr | tesseract | easyocr | none")]
@@ -31,12 +31,6 @@ def _check_clip(clip: Path | None) -> str | None:
     if not clip.exists():
         raise InputError(f"Expected --clip to be a folder or file of CLIP weights, but {clip} does not exist")
     return str(clip)
-
-
-def _write_json(path: Path, payload: object) -> None:
-    from ..edit import atomic_write
-
-    atomic_write(path, (json.dumps(payload, indent=2) + "\n").encode())
 
 
 def _fmt(value: object) -> str:
@@ -67,9 +61,9 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from ..cli import save_image_atomic
         from ..edit import check_new_text, edit_text, labelled_row, replace_quoted
         from ..errors import InputError
+        from ..io import save_image_atomic
         from ..loading import load_pipeline
 
         if not to.strip():
@@ -89,8 +83,8 @@ def register(app: typer.Typer) -> None:
         side = labelled_row([result.source_image, result.edited_image],
                             [f'source "{result.source_text}"', f'edited "{result.target_text}"'])
         save_image_atomic(side, out / "side_by_side.png")
-        _write_json(out / "plan.json", result.plan.to_dict())
-        _write_json(out / "metrics.json", {"model": model, **result.to_dict()})
+        atomic_write_json(out / "plan.json", result.plan.to_dict())
+        atomic_write_json(out / "metrics.json", {"model": model, **result.to_dict()})
 
         m = result.metrics
         console = Console()
@@ -147,7 +141,7 @@ def register(app: typer.Typer) -> None:
         result = tune_start_step(pipe, pairs, names, steps_list, ocr=ocr, min_preservation=min_preservation,
                                  num_inference_steps=n_steps, guidance_scale=guidance)
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "tune.json", {"model": model, "layers": names, "num_inference_steps": n_steps,
+        atomic_write_json(out / "tune.json", {"model": model, "layers": names, "num_inference_steps": n_steps,
                                         "n_pairs": len(pairs), "seed": seed, **result.to_dict()})
         console = Console()
         for row in result.rows:

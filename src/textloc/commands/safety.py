@@ -8,13 +8,13 @@ generation succeeded, each to a temporary name renamed into place.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from ..errors import InputError
+from ..io import atomic_write_bytes, image_bytes
 from . import ModelOpt, bench_group
 
 LayersOpt = Annotated[str, typer.Option(help="preset | localization summary.json | all | names/indices (comma list)")]
@@ -55,20 +55,6 @@ def _policy(policy: str | None, mappings: Path | None, words: Path | None) -> tu
         raise InputError("Expected --mappings FILE with --policy mapping, but got none")
     table = load_mappings(mappings, words) if mappings is not None else None
     return policy, table
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _png_bytes(image: Any) -> bytes:
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _default_clean_words(words: Path) -> Path | None:
@@ -126,12 +112,12 @@ def register(app: typer.Typer) -> None:
                    "mappings": str(mappings) if mappings else None, "layers": safe_pipe.layers,
                    "call_kwargs": kwargs, "unsafe_image": "unsafe.png" if unsafe is not None else None}
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / "image.png", _png_bytes(result.images[0]))
+        atomic_write_bytes(out / "image.png", image_bytes(result.images[0]))
         if unsafe is not None:
-            _atomic_write(out / "unsafe.png", _png_bytes(unsafe))
+            atomic_write_bytes(out / "unsafe.png", image_bytes(unsafe))
         elif (out / "unsafe.png").exists():
             (out / "unsafe.png").unlink()  # a previous run's; this report does not describe it
-        _atomic_write(out / "report.json", (json.dumps(payload, indent=2) + "\n").encode())
+        atomic_write_bytes(out / "report.json", (json.dumps(payload, indent=2) + "\n").encode())
         console = Console()
         for note in report.notes:
             console.print(f"[yellow]note:[/] {note}", highlight=False)
