@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every number in README.md / MODEL.md about the embedded model comes from these commands (run from the repo
+# root on a 2-core CPU; the shared benchmark folder is ../shared/benchmarks). Each step resumes if re-run.
+set -euo pipefail
+TOX=${TOXICBENCH:-../shared/benchmarks/toxicbench/words/train}
+mkdir -p runs
+
+# 1. Quality of the shipped model (issue 3 bar).
+textloc eval-embedded --n 200 --seed 12345 --out runs/eval
+
+# 2. Localization with default settings (the README's main job), then ship its summary as the "preset".
+textloc localize --out runs/localize
+cp runs/localize/summary.json src/textloc/embedded/localized.json
+
+# 3. Attribute localization (style = font, colour = text colour, background).
+for a in style colour background; do textloc localize --attribute "$a" --n-pairs 24 --out "runs/localize-$a"; done
+
+# 4. Editing: tune the start step on validation pairs, then the benchmark on fresh test pairs.
+textloc edit-tune --model embedded --layers preset --n-pairs 32 --seed 1 --candidates 0,1,2,3,4,6 --out runs/edit-tune
+textloc bench edit --model embedded --benchmark embedded --n 100 --seed 7 --out runs/bench-edit
+
+# 5. Safety on ToxicBench's training words that the model can render.
+textloc bench safety --model embedded --words "$TOX/toxic_words.txt" --mappings "$TOX/toxic_mappings.txt" \
+  --n 100 --out runs/bench-safety
+
+# 6. Localized LoRA vs all cross-attention vs random layers (scenario chosen from step 1's weak spot).
+textloc bench finetune --model embedded --scenario "${SCENARIO:-serif}" --steps "${LORA_STEPS:-300}" --lr 1e-3 --out runs/bench-finetune
+
+# 7. Speed ratios.
+python benchmarks/bench_engine.py --model embedded
+python benchmarks/bench_lora.py
