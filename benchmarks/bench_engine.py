@@ -27,8 +27,9 @@ from textloc.prompts import text_pairs
 WORDS = ["CAT", "DOG", "SUN", "MAP", "ICE", "OWL", "FOX", "TEA"]
 
 
-def timed(fn: Callable[[], object], repeats: int) -> list[float]:
-    fn()  # warm-up
+def timed(fn: Callable[[], object], repeats: int, warm: bool = True) -> list[float]:
+    if warm:
+        fn()
     out = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -37,6 +38,16 @@ def timed(fn: Callable[[], object], repeats: int) -> list[float]:
             torch.cuda.synchronize()
         out.append(time.perf_counter() - start)
     return out
+
+
+def paired(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int) -> tuple[list[float], list[float]]:
+    """Time A and B alternately (A, B, A, B …) so load drift on a shared machine hits both alike."""
+    fn_a(), fn_b()  # warm-up
+    a, b = [], []
+    for _ in range(repeats):
+        a += timed(fn_a, 1, warm=False)
+        b += timed(fn_b, 1, warm=False)
+    return a, b
 
 
 def ratio_line(name: str, ours: list[float], base: list[float]) -> str:
@@ -68,11 +79,14 @@ def main() -> None:
     def kwargs() -> dict:
         return {**extra, "num_inference_steps": args.steps, "generator": torch.Generator().manual_seed(0)}
 
-    plain = timed(lambda: pipe(prompt, **kwargs()), args.repeats)
-    empty = timed(lambda: generate(pipe, prompt, PatchPlan(), **kwargs()), args.repeats)
-    identity = timed(lambda: generate(pipe, prompt, PatchPlan(layers=names, target_prompt=prompt), **kwargs()),
-                     args.repeats)
+    def plain_run() -> object:
+        return pipe(prompt, **kwargs())
+
+    empty, plain = paired(lambda: generate(pipe, prompt, PatchPlan(), **kwargs()), plain_run, args.repeats)
     print(ratio_line("empty plan / plain (goal <= 1.03)", empty, plain))
+    identity, plain = paired(
+        lambda: generate(pipe, prompt, PatchPlan(layers=names, target_prompt=prompt), **kwargs()), plain_run,
+        args.repeats)
     print(ratio_line("identity patch, all layers / plain", identity, plain))
 
     pairs = text_pairs([f'a sign that says "{w}"' for w in WORDS], args.pairs, seed=0)
@@ -93,9 +107,7 @@ def main() -> None:
         generate(pipe, [p.source for _, p in rows], PatchPlan(layers=names), target_prompt=[p.target for _, p in rows],
                  row_layers=[s for s, _ in rows], **k)
 
-    reps = max(1, args.repeats - 1)
-    naive_t = timed(naive, reps)
-    batched_t = timed(batched, reps)
+    naive_t, batched_t = paired(naive, batched, max(1, args.repeats - 1))
     print(ratio_line(f"sweep naive / batched ({len(variants)} variants x {len(pairs)} pairs; goal >= 4)",
                      naive_t, batched_t))
 

@@ -40,7 +40,7 @@ from .prompts import PromptPair
 #: Chosen with ``textloc edit-tune`` (``tune_start_step``) on validation pairs: the step maximising the target
 #: OCR exact rate while the background colour is kept in >= 90% of edits. Untuned placeholder until the lead
 #: runs the tuning on the trained model (see docs/editing.md).
-EMBEDDED_START_STEP = 2
+EMBEDDED_START_STEP = 0  # tuned: `textloc edit-tune` (scripts/reproduce_embedded.sh step 4) -> 32/32 exact at 0
 EMBEDDED_STEPS = 20
 #: Start fraction for models with neither a preset nor a tuned value: SDXL's published 4 of 50 steps.
 GENERIC_START_FRACTION = 4 / 50
