@@ -100,8 +100,10 @@ def test_layer_specs_resolve_and_bad_ones_raise(embedded) -> None:
         resolve_layer_spec(embedded, "down_blocks.9.attn2")
     with pytest.raises(InputError):
         resolve_layer_spec(embedded, " , ")
-    with pytest.raises(TextlocError):  # no preset or shipped localization for an untrained embedded model
-        resolve_layer_spec(embedded, "preset")
+    # The embedded layout's shipped localization is its preset; a tiny SD 1.5 has neither preset nor one.
+    assert resolve_layer_spec(embedded, "preset") == [names[4]]
+    with pytest.raises(TextlocError):
+        resolve_layer_spec(build_tiny_pipeline("sd15"), "preset")
 
 
 def test_config_validation_and_unsupported_pipelines(embedded, tmp_path) -> None:

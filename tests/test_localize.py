@@ -208,3 +208,23 @@ def test_cli_localize_help_runs() -> None:
     assert result.exit_code == 0 and "--attribute" in result.output
 
 
+
+
+@pytest.mark.parametrize("arch", __import__("textloc.testing", fromlist=["x"]).TINY_ARCHITECTURES)
+def test_short_localize_run_on_every_tiny_architecture(arch: str) -> None:
+    """Plumbing only (tiny random models render no text): a reader that reports the source text."""
+    pipe = build_tiny_pipeline(arch)
+    kwargs = dict(tiny_call_kwargs(arch, batch_size=2))
+    kwargs.pop("negative_prompt", None)  # FLUX true CFG: let the engine's batches set their own
+    kwargs.pop("true_cfg_scale", None)
+    kwargs.pop("image", None)
+    if arch == "if2":
+        from textloc.testing import tiny_low_res_image
+
+        kwargs["image"] = tiny_low_res_image(2)
+    pairs = text_pairs(PROMPTS[:2], 2, seed=0)
+    cfg = LocalizeConfig(model=f"tiny:{arch}", n_pairs=2, steps=2, chunk_size=2, batch_size=2, ocr="stub")
+    result = localize(pipe, pairs, cfg, reader=lambda images, ps: [p.source_value for p in ps], **kwargs)
+    s = result.summary
+    assert s["n_layers"] == len(s["per_layer"]) >= 2 and s["chosen_layers"]
+    assert {r["variant"] for r in result.records} >= {"none", "all", "target"}
