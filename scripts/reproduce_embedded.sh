@@ -13,7 +13,7 @@ textloc localize --out runs/localize
 cp runs/localize/summary.json src/textloc/embedded/localized.json
 
 # 3. Attribute localization (style = font, colour = text colour, background).
-for a in style colour background; do textloc localize --attribute "$a" --n-pairs 24 --out "runs/localize-$a"; done
+for a in style colour background; do textloc localize --attribute "$a" --n-pairs 16 --out "runs/localize-$a"; done
 
 # 4. Editing: tune the start step on validation pairs, then the benchmark on fresh test pairs.
 textloc edit-tune --model embedded --layers preset --n-pairs 32 --seed 1 --candidates 0,1,2,3,4,6 --out runs/edit-tune
@@ -23,9 +23,10 @@ textloc bench edit --model embedded --benchmark embedded --n 100 --seed 7 --out 
 textloc bench safety --model embedded --words "$TOX/toxic_words.txt" --mappings "$TOX/toxic_mappings.txt" \
   --n 100 --out runs/bench-safety
 
-# 6. Localized LoRA vs all cross-attention vs random layers (scenario chosen from step 1's weak spot).
-textloc bench finetune --model embedded --scenario "${SCENARIO:-serif}" --steps "${LORA_STEPS:-300}" --lr 1e-3 --out runs/bench-finetune
+# 6. Localized LoRA vs all cross-attention vs random layers, on the weakest scenario probed (narrow letters).
+textloc bench finetune --model embedded --scenario "letters=IJL,len=5-6" --steps 200 --lr 1e-3 --n-test 50 \
+  --random-seeds 0 --out runs/bench-finetune
 
 # 7. Speed ratios.
-python benchmarks/bench_engine.py --model embedded
+OMP_NUM_THREADS=1 python benchmarks/bench_engine.py --model embedded --repeats 3 --pairs 4
 python benchmarks/bench_lora.py
