@@ -264,18 +264,10 @@ def test_cli_bench_edit_writes_the_table_and_resumes(model_dir: str, tmp_path: P
 
 def test_clip_t_with_user_weights(tmp_path: Path) -> None:
     """CLIP-T comes from weights the user passes (a tiny random CLIP here); a bad path is an InputError."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
     from textloc.edit import Scorer
-    from textloc.testing import _make_clip_tokenizer
+    from textloc.testing import build_tiny_clip
 
-    tokenizer = _make_clip_tokenizer()
-    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, projection_dim=8)
-    config = CLIPConfig(text_config=dict(vocab_size=tokenizer.vocab_size, **small),
-                        vision_config=dict(image_size=32, patch_size=8, **small), projection_dim=8)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPModel(config).save_pretrained(tmp_path / "clip")
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(tmp_path / "clip")
+    build_tiny_clip(tmp_path / "clip")
     image = np.random.default_rng(0).random((24, 64, 3)).astype(np.float32)
     score = Scorer(ocr=None, clip=str(tmp_path / "clip")).clip_t(image, PROMPT)
     assert isinstance(score, float) and 0.0 <= score <= 100.0

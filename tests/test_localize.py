@@ -228,3 +228,16 @@ def test_short_localize_run_on_every_tiny_architecture(arch: str) -> None:
     s = result.summary
     assert s["n_layers"] == len(s["per_layer"]) >= 2 and s["chosen_layers"]
     assert {r["variant"] for r in result.records} >= {"none", "all", "target"}
+
+
+def test_clip_t_is_scored_when_weights_are_given(tmp_path) -> None:
+    from textloc.testing import build_tiny_clip
+
+    pipe = build_tiny_pipeline("sd15")
+    kwargs = dict(tiny_call_kwargs("sd15"))
+    cfg = LocalizeConfig(model="tiny:sd15", n_pairs=2, steps=2, chunk_size=2, ocr="stub",
+                         clip=str(build_tiny_clip(tmp_path / "clip")))
+    result = localize(pipe, text_pairs(PROMPTS[:2], 2, 0), cfg,
+                      reader=lambda images, ps: [p.source_value for p in ps], **kwargs)
+    assert all(0.0 <= r["clip_t"] <= 100.0 for r in result.records)
+    assert all(p["clip_t"] is not None for p in result.summary["per_layer"])

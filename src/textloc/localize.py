@@ -60,6 +60,7 @@ class LocalizeConfig:
     batch_size: int = 64  # prompts per pipeline call: variants x pairs of a chunk run as rows of one batch
     layers: list[str] | None = None
     curve: list[int] | None = None
+    clip: str | None = None  # local CLIP folder: adds CLIP-T of each image against the target prompt
 
     def fingerprint(self) -> str:
         keep = {k: v for k, v in asdict(self).items() if k not in ("fraction",)}
@@ -233,6 +234,7 @@ class Localizer:
         seconds = (time.perf_counter() - start) / len(images)
         self.images.update(images)
         sources = self._source_images(pairs)
+        clip_scores = self._clip_t(images, variants, pairs)
         records = []
         for variant, names in variants:
             batch = [images[(variant, p.key)] for p in pairs]
@@ -241,6 +243,8 @@ class Localizer:
                 record = {"variant": variant, "pair": pair.key, "layers": names, "k": len(names),
                           "target_value": pair.target_value, "source_value": pair.source_value,
                           "seconds_per_image": seconds, **self.scorer(image, read, pair, source)}
+                if clip_scores is not None:
+                    record["clip_t"] = clip_scores[(variant, pair.key)]
                 records.append(record)
                 self.records[(variant, pair.key)] = record
         if path is not None:
@@ -284,6 +288,18 @@ class Localizer:
             atomic_write_json(self.out / "summary.json", summary)
             write_report(self.out, summary, self.records, self.images, self.pairs)
         return LocalizationResult(summary, sorted(self.records.values(), key=lambda r: (r["variant"], r["pair"])))
+
+    def _clip_t(self, images: dict, variants: list[tuple[str, list[str]]], pairs: list[PromptPair]) -> dict | None:
+        """CLIP-T of every image against its target prompt, when the user gave CLIP weights (never downloaded)."""
+        if not self.config.clip:
+            return None
+        from .metrics import clip_t_score, load_clip
+
+        model, processor = load_clip(self.config.clip)
+        keys = [(v, p.key) for v, _ in variants for p in pairs]
+        targets = {p.key: p.target for p in pairs}
+        scores = clip_t_score([images[k] for k in keys], [targets[k[1]] for k in keys], model, processor)
+        return dict(zip(keys, scores, strict=True))
 
     def _ensure_examples(self, layer_names: list[str], n: int = 6) -> None:
         """Regenerate (deterministically) example images a resumed run no longer holds in memory."""
@@ -352,7 +368,7 @@ class Localizer:
             per_layer.append({
                 "index": layer.index, "name": layer.name, "kind": layer.kind, "params": layer.params,
                 **{metric: self._score(variant, metric) for metric in ("exact", "f1", "cer", "source_exact", "mse",
-                                                                       "ssim", "psnr")},
+                                                                       "ssim", "psnr", "clip_t")},
             })
         bounds = {v: {m: self._score(v, m) for m in ("exact", "f1", "cer", "source_exact", "mse", "ssim", "psnr")}
                   for v in ("none", "all", "target")}

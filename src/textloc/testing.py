@@ -1109,3 +1109,20 @@ def build_structure_faithful_denoiser(name: str, *, seed: int = 0) -> torch.nn.M
         raise ValueError(f"unknown denoiser {name!r}; expected one of {STRUCTURE_FAITHFUL_DENOISERS}")
     with torch.random.fork_rng(devices=[]):
         return _seeded(seed, _FAITHFUL_BUILDERS[name])
+
+
+def build_tiny_clip(folder: str | Path, *, seed: int = 0) -> Path:
+    """Save a tiny random ``CLIPModel`` + ``CLIPProcessor`` to ``folder`` (CLIP-T tests; no weights offline)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    folder = Path(folder)
+    tokenizer = _make_clip_tokenizer()
+    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, projection_dim=8)
+    config = CLIPConfig(text_config=dict(vocab_size=tokenizer.vocab_size, **small),
+                        vision_config=dict(image_size=32, patch_size=8, **small), projection_dim=8)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        CLIPModel(config).save_pretrained(folder)
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder

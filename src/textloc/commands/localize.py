@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         ocr: Annotated[str, typer.Option(help="OCR backend: rapidocr | tesseract | easyocr")] = "rapidocr",
         fraction: Annotated[float, typer.Option(help="chosen set must reach this fraction of all-layers")] = 0.9,
         chunk_size: Annotated[int, typer.Option("--chunk-size", help="pairs per batch (memory cap)")] = 8,
+        clip: Annotated[Path | None, typer.Option(help="local CLIP folder for CLIP-T (never downloaded)")] = None,
         height: Annotated[int | None, typer.Option(help="image height for latent models")] = None,
         width: Annotated[int | None, typer.Option(help="image width for latent models")] = None,
     ) -> None:
@@ -49,7 +50,9 @@ def register(app: typer.Typer) -> None:
         pairs = load_pairs(prompts, n_pairs, seed, attribute)
         config = LocalizeConfig(model=model, prompts=prompts, attribute=attribute, n_pairs=n_pairs, seed=seed,
                                 steps=steps, guidance=guidance, start_step=start_step, branches=branches, ocr=ocr,
-                                fraction=fraction, chunk_size=chunk_size)
+                                fraction=fraction, chunk_size=chunk_size, clip=str(clip) if clip else None)
+        if clip is not None and not clip.exists():
+            raise InputError(f"Expected --clip to be a local CLIP folder, but {clip} does not exist")
         pipe = load_pipeline(model)
         extra = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
         result = run_localize(pipe, pairs, config, out=out, **extra)
