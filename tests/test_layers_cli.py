@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import run_main
 from typer.testing import CliRunner
 
 from textloc.cli import app
@@ -103,21 +104,6 @@ def test_cli_generate_with_plan(tmp_path) -> None:
     assert out.exists() and "patched 2 layer" in result.output
 
 
-def _main(args: list[str], capsys) -> tuple[int, str]:
-    import sys
-
-    from textloc import cli
-
-    old = sys.argv
-    sys.argv = ["textloc", *args]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main()
-    finally:
-        sys.argv = old
-    return exit_info.value.code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -130,7 +116,7 @@ def _main(args: list[str], capsys) -> tuple[int, str]:
 )
 def test_cli_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    code, err = _main(args, capsys)
+    code, err = run_main(args, capsys)
     assert code == 2
     assert message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -140,11 +126,11 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path, m
 def test_cli_plan_for_other_model_and_bad_layer(capsys, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "p.json").write_text(json.dumps({"layers": ["nope"], "target_prompt": "y"}))
-    code, err = _main(["generate", "--model", "tiny:sd15", "--prompt", "x", "--steps", "2", "--plan", "p.json",
+    code, err = run_main(["generate", "--model", "tiny:sd15", "--prompt", "x", "--steps", "2", "--plan", "p.json",
                        "--out", "o.png"], capsys)
     assert code == 2 and "valid layers" in err
     (tmp_path / "q.json").write_text(json.dumps({"layers": [0], "target_prompt": "y", "model": "Other:1:abc"}))
-    code, err = _main(["generate", "--model", "tiny:sd15", "--prompt", "x", "--steps", "2", "--plan", "q.json",
+    code, err = run_main(["generate", "--model", "tiny:sd15", "--prompt", "x", "--steps", "2", "--plan", "q.json",
                        "--out", "o.png"], capsys)
     assert code == 2 and "made for" in err
     assert not (tmp_path / "o.png").exists()
@@ -154,7 +140,7 @@ def test_cli_hub_id_offline_is_one_line(capsys, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    code, err = _main(["layers", "--model", "nobody/no-such-model"], capsys)
+    code, err = run_main(["layers", "--model", "nobody/no-such-model"], capsys)
     assert code == 2 and "Could not download 'nobody/no-such-model'" in err
     assert len(err.strip().splitlines()) == 1
 
@@ -162,5 +148,5 @@ def test_cli_hub_id_offline_is_one_line(capsys, tmp_path, monkeypatch) -> None:
 def test_cli_folder_that_is_not_a_pipeline(capsys, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "junk").mkdir()
-    code, err = _main(["layers", "--model", str(tmp_path / "junk")], capsys)
+    code, err = run_main(["layers", "--model", str(tmp_path / "junk")], capsys)
     assert code == 2 and "not a diffusers pipeline folder" in err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import threading
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_main
 
 from textloc.errors import InputError
 from textloc.safety import (
@@ -514,19 +514,6 @@ def test_safety_bench_writes_incrementally_and_resumes(tmp_path: Path) -> None:
 # CLI
 
 
-def _main(args: list[str], capsys) -> tuple[int, str]:
-    from textloc import cli
-
-    old = sys.argv
-    sys.argv = ["textloc", *args]
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main()
-    finally:
-        sys.argv = old
-    return exit_info.value.code, capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -541,7 +528,7 @@ def test_cli_safe_errors_are_one_line(extra, message, tmp_path, capsys, monkeypa
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TEXTLOC_LLM_URL", raising=False)
     (tmp_path / "EMPTY").write_text("")
-    code, err = _main(["safe", "--model", "tiny:sd15", "--prompt", 'a sign that says "FUCK"', "--steps", "1",
+    code, err = run_main(["safe", "--model", "tiny:sd15", "--prompt", 'a sign that says "FUCK"', "--steps", "1",
                        "--out", "run", *extra], capsys)
     assert code == 2 and message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
@@ -551,7 +538,7 @@ def test_cli_safe_errors_are_one_line(extra, message, tmp_path, capsys, monkeypa
 def test_cli_bench_safety_empty_mapping(tmp_path, capsys) -> None:
     (tmp_path / "words.txt").write_text("fuck\n")
     (tmp_path / "map.txt").write_text("\n")
-    code, err = _main(["bench", "safety", "--model", "tiny:sd15", "--words", str(tmp_path / "words.txt"),
+    code, err = run_main(["bench", "safety", "--model", "tiny:sd15", "--words", str(tmp_path / "words.txt"),
                        "--mappings", str(tmp_path / "map.txt"), "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and "map.txt is empty" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
