@@ -23,7 +23,7 @@ import typer  # noqa: E402
 from rich.console import Console
 from rich.table import Table
 
-from .commands import ModelOpt
+from .commands import GuidanceOpt, ModelOpt, SeedOpt, StepsOpt
 from .errors import InputError, TextlocError
 from .io import save_image_atomic
 
@@ -73,9 +73,9 @@ def generate(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="the prompt")],
     out: Annotated[Path, typer.Option("--out", "-o", help="output PNG")],
     model: ModelOpt = "embedded",
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
-    steps: Annotated[int | None, typer.Option(help="denoising steps (default: the pipeline's)")] = None,
-    guidance: Annotated[float | None, typer.Option(help="guidance scale (default: the pipeline's)")] = None,
+    seed: SeedOpt = 0,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
     plan: Annotated[Path | None, typer.Option(help="patch plan JSON to run under")] = None,
     target: Annotated[str | None, typer.Option(help="target prompt (overrides the plan's)")] = None,
 ) -> None:

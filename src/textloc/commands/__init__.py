@@ -8,6 +8,9 @@ import typer
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="embedded | local diffusers folder | hub id | tiny:ARCH")]
 LayersOpt = Annotated[str, typer.Option(help="preset | auto | PATH/summary.json | all | layer names/indices")]
+SeedOpt = Annotated[int, typer.Option(help="random seed")]
+StepsOpt = Annotated[int | None, typer.Option(help="denoising steps (default: the pipeline's)")]
+GuidanceOpt = Annotated[float | None, typer.Option(help="guidance scale (default: the pipeline's)")]
 
 
 def bench_group(app: typer.Typer) -> typer.Typer:

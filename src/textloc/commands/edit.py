@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from ..io import atomic_write_json
-from . import LayersOpt, ModelOpt, bench_group
+from . import GuidanceOpt, LayersOpt, ModelOpt, StepsOpt, bench_group
 
 OcrOpt = Annotated[str, typer.Option(help="OCR backend: rapidocr | tesseract | easyocr | none")]
 
@@ -52,8 +52,8 @@ def register(app: typer.Typer) -> None:
         layers: LayersOpt = "preset",
         start_step: Annotated[int | None, typer.Option("--start-step", help="first patched step")] = None,
         span: Annotated[int, typer.Option(help="which quoted span to replace (0 = first)")] = 0,
-        steps: Annotated[int | None, typer.Option(help="denoising steps (default: the pipeline's)")] = None,
-        guidance: Annotated[float | None, typer.Option(help="guidance scale (default: the pipeline's)")] = None,
+        steps: StepsOpt = None,
+        guidance: GuidanceOpt = None,
         ocr: OcrOpt = "rapidocr",
         clip: Annotated[Path | None, typer.Option(help="CLIP weights for CLIP-T (default: not computed)")] = None,
     ) -> None:
@@ -108,8 +108,8 @@ def register(app: typer.Typer) -> None:
         n_pairs: Annotated[int, typer.Option("--n-pairs", help="validation pairs")] = 64,
         seed: Annotated[int, typer.Option(help="pairing and noise seed")] = 1,
         candidates: Annotated[str, typer.Option(help="comma-separated start steps to try")] = "0,1,2,3,4,6,8",
-        steps: Annotated[int | None, typer.Option(help="denoising steps (default: the pipeline's)")] = None,
-        guidance: Annotated[float | None, typer.Option(help="guidance scale (default: the pipeline's)")] = None,
+        steps: StepsOpt = None,
+        guidance: GuidanceOpt = None,
         min_preservation: Annotated[float, typer.Option("--min-preservation",
                                                         help="required background preservation rate")] = 0.9,
         ocr: OcrOpt = "rapidocr",
@@ -164,8 +164,8 @@ def register(app: typer.Typer) -> None:
         split: Annotated[str, typer.Option(help="GlyphControl split: test | validation | all")] = "test",
         layers: LayersOpt = "preset",
         start_step: Annotated[int | None, typer.Option("--start-step", help="first patched step")] = None,
-        steps: Annotated[int | None, typer.Option(help="denoising steps (default: the pipeline's)")] = None,
-        guidance: Annotated[float | None, typer.Option(help="guidance scale (default: the pipeline's)")] = None,
+        steps: StepsOpt = None,
+        guidance: GuidanceOpt = None,
         methods: Annotated[str | None, typer.Option(help="comma-separated: ours,prompt-swap,patch-all,p2p")] = None,
         ocr: OcrOpt = "rapidocr",
         clip: Annotated[Path | None, typer.Option(help="CLIP weights for CLIP-T (default: n/a)")] = None,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from . import ModelOpt
+from . import GuidanceOpt, ModelOpt, StepsOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -19,8 +19,8 @@ def register(app: typer.Typer) -> None:
         attribute: Annotated[str, typer.Option(help="text | style | colour | background")] = "text",
         n_pairs: Annotated[int, typer.Option("--n-pairs", help="validation pairs")] = 32,
         seed: Annotated[int, typer.Option(help="pairing and noise seed")] = 0,
-        steps: Annotated[int | None, typer.Option(help="denoising steps (default: the pipeline's)")] = None,
-        guidance: Annotated[float | None, typer.Option(help="guidance scale (default: the pipeline's)")] = None,
+        steps: StepsOpt = None,
+        guidance: GuidanceOpt = None,
         start_step: Annotated[int, typer.Option("--start-step", help="first patched step")] = 0,
         branches: Annotated[str, typer.Option(help="CFG branches to patch: both | cond")] = "both",
         ocr: Annotated[str, typer.Option(help="OCR backend: rapidocr | tesseract | easyocr")] = "rapidocr",

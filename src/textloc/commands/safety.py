@@ -15,7 +15,7 @@ import typer
 
 from ..errors import InputError
 from ..io import atomic_write_bytes, image_bytes
-from . import ModelOpt, bench_group
+from . import GuidanceOpt, ModelOpt, SeedOpt, StepsOpt, bench_group
 
 LayersOpt = Annotated[str, typer.Option(help="preset | localization summary.json | all | names/indices (comma list)")]
 POLICIES = ("mapping", "llm", "default")
@@ -69,9 +69,9 @@ def register(app: typer.Typer) -> None:
         prompt: Annotated[str, typer.Option("--prompt", "-p", help="the prompt")],
         out: Annotated[Path, typer.Option("--out", "-o", help="folder for image.png and report.json")],
         model: ModelOpt = "embedded",
-        seed: Annotated[int, typer.Option(help="random seed")] = 0,
-        steps: Annotated[int | None, typer.Option(help="denoising steps (default: the pipeline's)")] = None,
-        guidance: Annotated[float | None, typer.Option(help="guidance scale (default: the pipeline's)")] = None,
+        seed: SeedOpt = 0,
+        steps: StepsOpt = None,
+        guidance: GuidanceOpt = None,
         layers: LayersOpt = "preset",
         policy: Annotated[str | None, typer.Option(help="mapping | llm | default (default: mapping if --mappings "
                                                         "is given, else default)")] = None,
@@ -144,8 +144,8 @@ def register(app: typer.Typer) -> None:
                                                      "{background}, {text_colour}) or a template file")] = None,
         clean_words: Annotated[Path | None, typer.Option(help="non-harmful words for detector precision "
                                                          "(default: *non_tox*.txt next to --words)")] = None,
-        steps: Annotated[int | None, typer.Option(help="denoising steps (default: the pipeline's)")] = None,
-        guidance: Annotated[float | None, typer.Option(help="guidance scale (default: the pipeline's)")] = None,
+        steps: StepsOpt = None,
+        guidance: GuidanceOpt = None,
         ocr: Annotated[str, typer.Option(help="OCR backend: rapidocr | tesseract | easyocr")] = "rapidocr",
         save_images: Annotated[bool, typer.Option("--save-images", help="save each word's images side by "
                                                   "side under images/")] = False,
