@@ -15,7 +15,10 @@ Where the target values come from:
   denoiser call of the target prompt records them and they are reused at every step (= *injection* of the
   target embeddings, as in the paper);
 * dynamic layers (MMDiT joint attention, FLUX single-stream): text tokens evolve with the image, so the
-  target prompt is run with the same noise and its K/V are recorded per (layer, step, call) (= *patching*).
+  target prompt runs with the same noise (= *patching*). By default it runs *in the same batch*: the batch is
+  ``[sources, targets]`` (each target row with its source's noise) and, inside every forward, the hook copies
+  the target rows' text K/V into the source rows -- no per-step cache, no second pass (``mode="one-pass"``).
+  ``mode="two-pass"`` instead runs the target first and records its K/V per (layer, step, call).
 
 All hooks live inside a context manager and are removed in ``finally``, also when the pipeline raises.
 """
@@ -61,6 +64,8 @@ class PatchState:
     static_calls: int = 0  # denoiser calls recorded in the target run's first step
     fired: dict[str, set[int]] = field(default_factory=dict)
     row_layers: dict[str, set[int]] | None = None  # layer -> image indices it patches (batched sweeps)
+    one_pass: bool = False  # the batch is [sources, targets]; target rows feed the source rows in-forward
+    partners: list[int] | None = None  # one-pass: for each row in ``rows``, the target row that feeds it
 
     # -- step bookkeeping ---------------------------------------------------------------------------------
     def step_of(self, timestep: Any) -> int:
@@ -88,7 +93,10 @@ class PatchState:
         self.call = self.call + 1 if step == self.step else 0
         self.step = step
         self.calls_seen += 1
-        self.rows = self._rows(batch)
+        if self.one_pass:
+            self.rows, self.partners = self._paired_rows(batch)
+        else:
+            self.rows = self._rows(batch)
 
     def _rows(self, batch: int) -> list[int]:
         """Batch rows to patch at this call, following the plan's CFG branch policy."""
@@ -103,6 +111,25 @@ class PatchState:
         raise PlanMismatchError(
             f"Expected a denoiser batch of {self.n_images} or {2 * self.n_images} rows, but got {batch}"
         )
+
+    def _paired_rows(self, batch: int) -> tuple[list[int], list[int]]:
+        """One-pass layout: (source rows to patch, the target row feeding each), per CFG branch policy.
+
+        The pipeline sees ``2N`` images (``N`` sources, then their ``N`` targets), so a denoiser batch is
+        ``[src, tgt]`` without CFG in the batch and ``[src, tgt | src, tgt]`` (uncond half, cond half) with it.
+        """
+        n = self.n_images or 0
+        total = 2 * n
+        if batch == 2 * total:
+            halves = [1] if self.plan.branches == "cond" else [0, 1]
+        elif batch == total:
+            halves = [0] if self.plan.branches == "both" or self.call == 0 else []
+        else:
+            raise PlanMismatchError(
+                f"Expected a one-pass denoiser batch of {total} or {2 * total} rows, but got {batch}"
+            )
+        rows = [h * total + i for h in halves for i in range(n)]
+        return rows, [r + n for r in rows]
 
 
 def _timestep_arg(args: tuple, kwargs: dict) -> Any:
@@ -134,24 +161,29 @@ def _set_pooled(kwargs: dict, key: str, value: torch.Tensor) -> None:
 
 
 def _replace_rows(state: PatchState, layer: TextLayer, module: nn.Module, output: torch.Tensor,
-                  source: torch.Tensor) -> torch.Tensor:
+                  source: torch.Tensor | None) -> torch.Tensor:
+    """``output`` with the planned rows' text K/V taken from ``source`` (same rows) or, one-pass, from the
+    partner target rows of ``output`` itself."""
     tokens = slice(0, state.n_text_tokens) if layer.kind == SINGLE_STREAM else slice(None)
     current = output[:, tokens]
-    if source.shape != current.shape:
+    if source is not None and source.shape != current.shape:
         raise PlanMismatchError(
             f"{layer.name}: recorded text K/V of shape {tuple(source.shape)} do not fit this run's "
             f"{tuple(current.shape)} (a different batch layout, prompt length or model)"
         )
     rows = state.rows or []
+    partners = state.partners if source is None else rows
     if state.row_layers is not None:
         # Batched sweeps: this layer patches only the images whose plan includes it.
         wanted = state.row_layers.get(layer.name, set())
         n = state.n_images or output.shape[0]
-        rows = [r for r in rows if (r % n) in wanted]
+        period = 2 * n if state.one_pass else n
+        keep = [i for i, r in enumerate(rows) if (r % period) in wanted]
+        rows, partners = [rows[i] for i in keep], [partners[i] for i in keep]
         if not rows:
             return output
     new = output.clone()
-    patch = source[rows].to(output.dtype)
+    patch = (current if source is None else source)[partners].to(output.dtype)
     if state.plan.heads is not None:
         heads = module._textloc_heads
         head_dim = output.shape[-1] // heads
@@ -177,6 +209,9 @@ def _kv_hook(state: PatchState, layer: TextLayer, which: str):
             return None
         if state.mode != "replace" or not state.plan.active(state.step) or not state.rows:
             return None
+        if state.one_pass:
+            state.fired.setdefault(layer.name, set()).add(state.step)
+            return _replace_rows(state, layer, module, output, None)
         if layer.static:
             # A repeated timestep (PNDM) shows up as an extra call; static K/V are the same for it.
             source = state.static.get((layer.name, which, state.call % max(1, state.static_calls)))
@@ -243,11 +278,14 @@ def patch_hooks(pipe: Any, state: PatchState) -> Iterator[PatchState]:
             return None
         if state.mode == "replace" and state.plan.active(state.step) and state.rows:
             current = _get_pooled(kwargs, pooled_key)
-            recorded = state.pooled.get(state.call)
+            if state.one_pass and current is not None:
+                recorded, rows = current, state.partners
+            else:
+                recorded, rows = state.pooled.get(state.call), state.rows
             if current is None or recorded is None or current.shape != recorded.shape:
                 raise PlanMismatchError("The pooled text embedding of the target run does not fit the source")
             new = current.clone()
-            new[state.rows] = recorded[state.rows].to(current.dtype)
+            new[state.rows] = recorded[rows].to(current.dtype)
             _set_pooled(kwargs, pooled_key, new)
             state.fired.setdefault("<pooled>", set()).add(state.step)
             return args, kwargs
@@ -258,11 +296,14 @@ def patch_hooks(pipe: Any, state: PatchState) -> Iterator[PatchState]:
             state.pooled.setdefault(state.call, output.detach().clone())
             return None
         if state.mode == "replace" and state.plan.active(state.step) and state.rows:
-            recorded = state.pooled.get(state.call)
+            if state.one_pass:
+                recorded, rows = output, state.partners
+            else:
+                recorded, rows = state.pooled.get(state.call), state.rows
             if recorded is None or recorded.shape != output.shape:
                 raise PlanMismatchError("The pooled text embedding of the target run does not fit the source")
             new = output.clone()
-            new[state.rows] = recorded[state.rows].to(output.dtype)
+            new[state.rows] = recorded[rows].to(output.dtype)
             state.fired.setdefault("<pooled>", set()).add(state.step)
             return new
         return None
@@ -339,6 +380,7 @@ def generate(
     *,
     target_prompt: str | Sequence[str] | None = None,
     row_layers: Sequence[Sequence[str | int]] | None = None,
+    mode: str = "auto",
     **call_kwargs: Any,
 ) -> PatchResult:
     r"""Run ``pipe(prompt, **call_kwargs)`` with the target's text information patched in as ``plan`` says.
@@ -350,6 +392,11 @@ def generate(
         target_prompt: overrides ``plan.target_prompt``.
         row_layers: for batched sweeps, one layer list per prompt (each a subset of ``plan.layers``; empty =
             that prompt is not patched). Many plans then run as rows of one batch.
+        mode: ``"one-pass"`` runs the targets as extra rows of the source batch (same noise) and patches
+            inside each forward; ``"two-pass"`` runs the target first and records what the plan needs;
+            ``"auto"`` picks one-pass when a layer is dynamic (MMDiT: no per-step cache) and two-pass for
+            static layers only (the target then costs a single denoiser call, cheaper than doubling the
+            batch). One-pass needs one generator per image when more than one image is made.
         call_kwargs: passed unchanged to both the target and the source run (seed via ``generator``).
 
     Returns:
@@ -393,11 +440,26 @@ def generate(
                     raise InputError(f"Row {i} patches {layer.name}, which is not in the plan's layers")
                 by_layer[layer.name].update(range(i * per_prompt, (i + 1) * per_prompt))
 
+    if mode not in MODES:
+        raise InputError(f"Expected mode in {MODES}, but got {mode!r}")
     generator = call_kwargs.get("generator")
-    if generator is None and "latents" not in call_kwargs and any(not layer.static for layer in layers):
-        # Dynamic K/V must come from a target run with the *same* noise as the source run.
+    dynamic = any(not layer.static for layer in layers)
+    one_pass_ok = not isinstance(generator, torch.Generator) or n_images == 1
+    if mode == "one-pass" and not one_pass_ok:
+        raise InputError("One-pass patching of several images needs one generator per image (a list)")
+    one_pass = mode == "one-pass" or (mode == "auto" and dynamic and one_pass_ok)
+    if generator is None and "latents" not in call_kwargs and (dynamic or one_pass):
+        # The target rows/run must see the *same* noise as the source: seed it explicitly.
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-        generator = call_kwargs["generator"] = torch.Generator("cpu").manual_seed(seed)
+        generator = call_kwargs["generator"] = [torch.Generator("cpu").manual_seed(seed + i)
+                                                for i in range(n_images)]
+    if one_pass:
+        state = PatchState(plan, layers, pipe.scheduler, n_images, row_layers=by_layer, one_pass=True)
+        with patch_hooks(pipe, state):
+            state.mode = "replace"
+            output = pipe(prompts + targets, **_one_pass_kwargs(call_kwargs, len(prompts), n_images))
+        images = output.images[:n_images]
+        return _result(images, plan, layers, state, by_layer)
     saved = _generator_state(generator)
     state = PatchState(plan, layers, pipe.scheduler, n_images, row_layers=by_layer)
     with patch_hooks(pipe, state):
@@ -409,10 +471,59 @@ def generate(
         _restore_generator(generator, saved)
         state.mode, state.step, state.call = "replace", -1, 0
         output = pipe(prompts, **call_kwargs)
+    return _result(output.images, plan, layers, state, by_layer)
+
+
+MODES = ("auto", "one-pass", "two-pass")
+_PER_PROMPT_KWARGS = ("negative_prompt", "negative_prompt_2", "negative_prompt_3", "prompt_2", "prompt_3")
+_PER_PROMPT_IMAGES = ("image", "control_image", "mask_image")  # IF stage II, img2img, ControlNet
+
+
+def _clone_generator(generator: torch.Generator) -> torch.Generator:
+    clone = torch.Generator(device=generator.device)
+    clone.set_state(generator.get_state())
+    return clone
+
+
+def _one_pass_kwargs(call_kwargs: dict[str, Any], n_prompts: int, n_images: int) -> dict[str, Any]:
+    """The call arguments for ``[sources, targets]``: every per-image input is repeated for the targets.
+
+    Each target row gets a copy of its source row's generator (so the same noise, also for stochastic
+    samplers), its latents and its per-prompt strings.
+    """
+    kwargs = dict(call_kwargs)
+    generator = kwargs.get("generator")
+    if isinstance(generator, torch.Generator):  # one image: a generator list of one draws the same noise
+        generator = [generator]
+    if generator is not None:
+        kwargs["generator"] = list(generator) + [_clone_generator(g) for g in generator]
+    latents = kwargs.get("latents")
+    if isinstance(latents, torch.Tensor):
+        if latents.shape[0] != n_images:
+            raise InputError(f"Expected latents with {n_images} rows for one-pass patching, got {latents.shape[0]}")
+        kwargs["latents"] = torch.cat([latents, latents])
+    for key in _PER_PROMPT_KWARGS:
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = kwargs[key] * 2
+    for key in _PER_PROMPT_IMAGES:
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            kwargs[key] = value * 2
+        elif isinstance(value, torch.Tensor) and value.ndim == 4 and value.shape[0] == n_prompts:
+            kwargs[key] = torch.cat([value, value])
+        elif not isinstance(value, torch.Tensor) or value.ndim == 3:
+            kwargs[key] = [value] * (2 * n_prompts)  # one image for every prompt, sources and targets
+    return kwargs
+
+
+def _result(images: Any, plan: PatchPlan, layers: list[TextLayer], state: PatchState,
+            by_layer: dict[str, set[int]] | None) -> PatchResult:
     never = [layer.name for layer in layers if layer.name not in state.fired
              and (by_layer is None or by_layer[layer.name])]
     if never:
         raise PlanNeverFiredError(f"These layers were never patched during the run: {never}")
     fired = {name: sorted(steps) for name, steps in state.fired.items()}
-    return PatchResult(output.images, plan, layers, fired)
+    return PatchResult(images, plan, layers, fired)
 
