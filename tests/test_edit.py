@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from textloc import presets
 from textloc.cli import app, main
+from textloc.engine import generate
 from textloc.edit import (
     EMBEDDED_START_STEP,
     EMBEDDED_STEPS,
@@ -240,6 +241,23 @@ def test_bench_resumes_and_extends(tmp_path: Path) -> None:
     changed = BenchConfig(model="untrained", benchmark="embedded", layers=names, start_step=2, steps=3)
     with pytest.raises(InputError, match="start_step"):
         run_edit_bench(pipe, pairs, changed, tmp_path, methods=["ours"], ocr_backend=StubOCR(), progress=False)
+
+
+def test_bench_edits_reuse_the_source_prefix_and_match_a_fresh_edit(tmp_path: Path) -> None:
+    """With start step 2, ours branches off the source run: 2 steps are served from it, images unchanged."""
+    from PIL import Image
+
+    pipe = embedded()
+    names = [list_text_layers(pipe)[i].name for i in LAYERS]
+    config = BenchConfig(model="untrained", benchmark="embedded", layers=names, start_step=2, steps=4)
+    (pair,) = embedded_bench_pairs(1, seed=3)
+    run_edit_bench(pipe, [pair], config, tmp_path, methods=["ours"], ocr_backend=StubOCR(), progress=False)
+    (record,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert record["prefix_calls_reused"] == 2  # one batched CFG call per step
+    plan = PatchPlan(layers=names, target_prompt=pair.target, start_step=2)
+    fresh = generate(pipe, pair.source, plan, num_inference_steps=4, generator=torch.Generator().manual_seed(pair.seed))
+    saved = np.asarray(Image.open(tmp_path / "images" / pair.key / "ours.png"))
+    assert np.array_equal(saved, np.asarray(fresh.images[0]))
 
 
 def test_cli_bench_edit_writes_the_table_and_resumes(model_dir: str, tmp_path: Path) -> None:

@@ -224,3 +224,35 @@ def test_one_pass_equals_two_pass_on_the_embedded_model() -> None:
         for mode in ("two-pass", "one-pass")
     }
     np.testing.assert_allclose(images["one-pass"], images["two-pass"], atol=ONE_PASS_ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl", "sd3", "flux", "pixart-sigma"])
+def test_prefix_reuse_is_bit_identical_and_skips_the_prefix(arch: str) -> None:
+    """Runs sharing a source reuse its denoiser outputs before their start step, with identical images."""
+    from textloc.prefix import PrefixCache
+
+    pipe = tiny(arch)
+    names = [layer.name for layer in list_text_layers(pipe)]
+
+    def kwargs(seed: int = 0) -> dict:
+        return {**tiny_call_kwargs(arch), "num_inference_steps": 4, "output_type": "np",
+                "generator": [torch.Generator().manual_seed(seed)]}
+
+    cache = PrefixCache(until_step=3)
+    plain = np.asarray(generate(pipe, SOURCE, None, prefix=cache, **kwargs()).images)
+    calls = cache.misses
+    assert calls >= 3 and cache.hits == 0
+    assert np.array_equal(np.asarray(generate(pipe, SOURCE, None, prefix=cache, **kwargs()).images), plain)
+    assert cache.hits == calls and cache.misses == calls
+    for start in (0, 2, 3):
+        plan = PatchPlan(layers=names[:1], target_prompt=TARGET, start_step=start)
+        expected = np.asarray(generate(pipe, SOURCE, plan, mode="two-pass", **kwargs()).images)
+        hits = cache.hits
+        reused = np.asarray(generate(pipe, SOURCE, plan, mode="two-pass", prefix=cache, **kwargs()).images)
+        assert np.array_equal(reused, expected)
+        assert cache.hits - hits == sum(len(cache.entries.get(step, [])) for step in range(start))
+    # Another seed has other inputs: nothing is served, the images are that seed's own.
+    hits = cache.hits
+    other = np.asarray(generate(pipe, SOURCE, None, prefix=cache, **kwargs(seed=1)).images)
+    assert cache.hits == hits
+    assert np.array_equal(other, np.asarray(generate(pipe, SOURCE, None, **kwargs(seed=1)).images))

@@ -34,6 +34,7 @@ from .errors import InputError
 from .io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl, save_image_atomic
 from .layers import list_text_layers, model_fingerprint
 from .plan import PatchPlan
+from .prefix import PrefixCache
 from .prompts import PromptPair
 
 #: Start step of the embedded model, in a schedule of ``EMBEDDED_STEPS`` steps (scaled for other step counts).
@@ -46,6 +47,8 @@ EMBEDDED_STEPS = 20
 GENERIC_START_FRACTION = 4 / 50
 #: Methods of the editing benchmark, in table order.
 METHODS = ("ours", "prompt-swap", "patch-all", "p2p")
+#: Methods that branch off the source run after ``start_step`` and so reuse its prefix (``prefix.PrefixCache``).
+PREFIX_METHODS = ("ours", "patch-all")
 #: Columns of the grid image (the paper's editing figure).
 GRID_METHODS = ("ours", "prompt-swap", "p2p")
 #: For non-embedded models an edit "preserves the background" when SSIM(edited, source) reaches this.
@@ -387,15 +390,18 @@ def tune_start_step(
     def gens(chunk: list[PromptPair]) -> list[torch.Generator]:
         return [torch.Generator().manual_seed(p.seed) for p in chunk]
 
-    sources = [np.asarray(pipe([p.source for p in c], **{**base, "generator": gens(c)}).images) for c in chunks]
+    # Steps before a candidate's start are the plain source run's: each chunk's are computed once (prefix reuse).
+    caches = [PrefixCache(until_step=max(int(c) for c in candidates)) for _ in chunks]
+    sources = [np.asarray(generate(pipe, [p.source for p in c], None, prefix=cache, **{**base, "generator": gens(c)})
+                          .images) for c, cache in zip(chunks, caches, strict=True)]
     rows = []
     bar = tqdm(total=len(candidates) * len(pairs), desc="edit-tune", disable=not progress, dynamic_ncols=True)
     for start in candidates:
         exact, kept = [], []
-        for chunk, source in zip(chunks, sources, strict=True):
+        for chunk, source, cache in zip(chunks, sources, caches, strict=True):
             plan = PatchPlan(layers=list(layers), start_step=int(start))
             edited = np.asarray(generate(pipe, [p.source for p in chunk], plan, target_prompt=[p.target for p in chunk],
-                                         **{**base, "generator": gens(chunk)}).images)
+                                         prefix=cache, **{**base, "generator": gens(chunk)}).images)
             reads = scorer.read(list(edited))
             for pair, e, s, read in zip(chunk, edited, source, reads, strict=True):
                 row = scorer.score(e, s, pair.target_value, pair.target, read)
@@ -536,9 +542,9 @@ def _method_runner(pipe: Any, method: str, config: BenchConfig, all_layers: list
     from .p2p import P2PConfig, p2p_edit
 
     def patched(layers: list[str]) -> Callable:
-        def run(pair: PromptPair, call: dict[str, Any]) -> np.ndarray:
+        def run(pair: PromptPair, call: dict[str, Any], prefix: PrefixCache | None = None) -> np.ndarray:
             plan = PatchPlan(layers=list(layers), target_prompt=pair.target, start_step=config.start_step)
-            return _first(generate(pipe, pair.source, plan, **call).images)
+            return _first(generate(pipe, pair.source, plan, prefix=prefix, **call).images)
 
         return run
 
@@ -634,18 +640,24 @@ def run_edit_bench(
     base = _call_kwargs(pipe, 0, config.steps, config.guidance, extra_call_kwargs or {})
     PatchPlan(layers=list(config.layers), start_step=config.start_step).validate_steps(base["num_inference_steps"])
     for pair, missing in todo:
-        source = _first(pipe(pair.source, **_fresh(base, pair.seed)).images)
+        # The edits start from the source's own first `start_step` steps: computed once, here (prefix reuse).
+        prefix = PrefixCache(until_step=config.start_step)
+        source = _first(generate(pipe, pair.source, None, prefix=prefix, **_fresh(base, pair.seed)).images)
         (source_read,) = scorer.read([source])
         folder = out / "images" / pair.key
         save_image_atomic(to_pil(source), folder / "source.png")
         for method in missing:
-            start = time.perf_counter()
-            edited = runners[method](pair, _fresh(base, pair.seed))
+            start, hits = time.perf_counter(), prefix.hits
+            if method in PREFIX_METHODS:
+                edited = runners[method](pair, _fresh(base, pair.seed), prefix)
+            else:
+                edited = runners[method](pair, _fresh(base, pair.seed))
             seconds = time.perf_counter() - start
             (read,) = scorer.read([edited])
             record = {"key": pair.key, "method": method, "source_prompt": pair.source, "target_prompt": pair.target,
                       "source_text": pair.source_value, "target_text": pair.target_value, "seed": pair.seed,
                       "source_read": None if source_read is None else _normalize(source_read), "seconds": seconds,
+                      "prefix_calls_reused": prefix.hits - hits,
                       **scorer.score(edited, source, pair.target_value, pair.target, read)}
             save_image_atomic(to_pil(edited), folder / f"{method}.png")
             append_jsonl(results, [record])

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ from torch import nn
 from .errors import InputError, PlanMismatchError, PlanNeverFiredError
 from .layers import SINGLE_STREAM, TextLayer, architecture_of, get_denoiser, model_fingerprint, resolve_layers
 from .plan import PatchPlan
+from .prefix import PrefixCache, denoising_step, timestep_arg
 
 
 class _RecordingDone(Exception):
@@ -69,24 +70,8 @@ class PatchState:
 
     # -- step bookkeeping ---------------------------------------------------------------------------------
     def step_of(self, timestep: Any) -> int:
-        """The denoising-loop index of this call.
-
-        Schedulers that count their own steps (``step_index``: Euler, DPM-Solver, flow matching …) are
-        asked directly; it is ``None`` until their first ``step()``, i.e. during step ``begin_index``.
-        Others (DDIM, PNDM …) are looked up by timestep; FLUX passes ``t / 1000``, so both scales are tried.
-        """
-        if "step_index" in dir(type(self.scheduler)):
-            index = self.scheduler.step_index
-            if index is None:
-                index = getattr(self.scheduler, "begin_index", None) or 0
-            return int(index)
-        timesteps = getattr(self.scheduler, "timesteps", None)
-        if timesteps is None or len(timesteps) == 0:
-            raise PlanMismatchError("The pipeline has no scheduler timesteps; cannot tell which step runs")
-        t = torch.as_tensor(timestep).flatten()[0].to(torch.float64).cpu()
-        ts = torch.as_tensor(timesteps).to(torch.float64).cpu()
-        best = min((torch.abs(ts * scale - t) for scale in (1.0, 1e-3)), key=lambda d: float(d.min()))
-        return int(torch.argmin(best))
+        """The denoising-loop index of this call (``prefix.denoising_step``)."""
+        return denoising_step(self.scheduler, timestep)
 
     def enter_call(self, timestep: Any, batch: int) -> None:
         step = self.step_of(timestep)
@@ -130,14 +115,6 @@ class PatchState:
             )
         rows = [h * total + i for h in halves for i in range(n)]
         return rows, [r + n for r in rows]
-
-
-def _timestep_arg(args: tuple, kwargs: dict) -> Any:
-    if "timestep" in kwargs:
-        return kwargs["timestep"]
-    if len(args) > 1:
-        return args[1]
-    raise PlanMismatchError("The denoiser was called without a timestep; cannot tell which step runs")
 
 
 def _batch_arg(args: tuple, kwargs: dict) -> int:
@@ -254,7 +231,7 @@ def patch_hooks(pipe: Any, state: PatchState) -> Iterator[PatchState]:
         if state.mode == "off":
             return None
         step_before = state.step
-        state.enter_call(_timestep_arg(args, kwargs), _batch_arg(args, kwargs))
+        state.enter_call(timestep_arg(args, kwargs), _batch_arg(args, kwargs))
         if state.mode == "record":
             if state.first_step is None:
                 state.first_step = state.step
@@ -381,6 +358,7 @@ def generate(
     target_prompt: str | Sequence[str] | None = None,
     row_layers: Sequence[Sequence[str | int]] | None = None,
     mode: str = "auto",
+    prefix: PrefixCache | None = None,
     **call_kwargs: Any,
 ) -> PatchResult:
     r"""Run ``pipe(prompt, **call_kwargs)`` with the target's text information patched in as ``plan`` says.
@@ -397,6 +375,9 @@ def generate(
             ``"auto"`` picks one-pass when a layer is dynamic (MMDiT: no per-step cache) and two-pass for
             static layers only (the target then costs a single denoiser call, cheaper than doubling the
             batch). One-pass needs one generator per image when more than one image is made.
+        prefix: a ``PrefixCache`` shared by runs of the same source (seed, prompt, settings): the source run's
+            denoiser calls before ``plan.start_step`` are served from it or recorded into it (two-pass and
+            plain runs; a one-pass batch has other inputs and does not use it).
         call_kwargs: passed unchanged to both the target and the source run (seed via ``generator``).
 
     Returns:
@@ -407,7 +388,8 @@ def generate(
     """
     plan = plan or PatchPlan()
     if plan.empty:
-        return PatchResult(pipe(prompt, **call_kwargs).images, plan, [], {})
+        with prefix.attach(pipe) if prefix is not None else nullcontext():
+            return PatchResult(pipe(prompt, **call_kwargs).images, plan, [], {})
     for banned in ("prompt_embeds", "latents_callback"):
         if banned in call_kwargs:
             raise InputError(f"`{banned}` is not supported under a patch plan; pass prompts instead")
@@ -470,7 +452,9 @@ def generate(
             pass
         _restore_generator(generator, saved)
         state.mode, state.step, state.call = "replace", -1, 0
-        output = pipe(prompts, **call_kwargs)
+        reuse = prefix.attach(pipe, lambda step: step < plan.start_step) if prefix is not None else nullcontext()
+        with reuse:
+            output = pipe(prompts, **call_kwargs)
     return _result(output.images, plan, layers, state, by_layer)
 
 

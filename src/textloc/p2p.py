@@ -40,10 +40,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .engine import PatchState, _batch_arg, _timestep_arg, default_steps
+from .engine import PatchState, _batch_arg, default_steps
 from .errors import InputError, PlanMismatchError, PlanNeverFiredError, UnsupportedModelError
 from .layers import ADDED_KV, architecture_of, get_denoiser, list_text_layers
 from .plan import PatchPlan
+from .prefix import timestep_arg
 
 #: Processors that compute plain scaled-dot-product attention; P2P may recompute their attention by hand.
 PLAIN_PROCESSORS = frozenset(
@@ -293,7 +294,7 @@ def p2p_processors(denoiser: nn.Module, controller: P2PController) -> Iterator[P
 
     def pre_hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
         sample = args[0] if args else kwargs.get("sample")
-        controller.enter_call(_timestep_arg(args, kwargs), sample, _batch_arg(args, kwargs))
+        controller.enter_call(timestep_arg(args, kwargs), sample, _batch_arg(args, kwargs))
 
     handle = None
     try:
