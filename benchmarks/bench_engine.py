@@ -2,7 +2,12 @@
 
 1. Identity-patch overhead: an empty plan, and a plan that patches *every* text layer with the source's own
    prompt (hooks fire, values unchanged), against the plain pipeline.
-2. Localization sweep: textloc's batched sweep (every variant x pair of a chunk as rows of one batch) against
+2. Editing: an edit (localized layers, default start step) against one plain generation, and
+   Prompt-to-Prompt against the edit (U-Net models). On models with dynamic layers (MMDiT) also the two-pass
+   method (record the target, then patch) against one-pass (targets as extra rows of the batch).
+3. Start-step sweep (what `textloc edit-tune` does): the source plus one edit per candidate start step,
+   naive (every edit from step 0) against prefix reuse (the edits branch off the source run).
+4. Localization sweep: textloc's batched sweep (every variant x pair of a chunk as rows of one batch) against
    the naive loop (one generation per layer per pair).
 
 Usage: python benchmarks/bench_engine.py [--model embedded|tiny:sd15|…] [--repeats 3] [--device cpu|cuda]
@@ -18,10 +23,14 @@ from collections.abc import Callable
 
 import torch
 
+from textloc.edit import default_start_step
 from textloc.engine import generate
+from textloc.errors import TextlocError
 from textloc.layers import list_text_layers
 from textloc.loading import load_pipeline
 from textloc.plan import PatchPlan
+from textloc.prefix import PrefixCache
+from textloc.presets import choose_layers
 from textloc.prompts import text_pairs
 
 WORDS = ["CAT", "DOG", "SUN", "MAP", "ICE", "OWL", "FOX", "TEA"]
@@ -52,7 +61,7 @@ def paired(fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int)
 
 def ratio_line(name: str, ours: list[float], base: list[float]) -> str:
     ratios = sorted(o / b for o, b in zip(ours, base, strict=True))
-    return (f"{name:<48} ratio min {ratios[0]:.3f}  median {statistics.median(ratios):.3f}  max {ratios[-1]:.3f}"
+    return (f"{name:<72} ratio min {ratios[0]:.3f}  median {statistics.median(ratios):.3f}  max {ratios[-1]:.3f}"
             f"   ({statistics.median(ours):.3f}s vs {statistics.median(base):.3f}s)")
 
 
@@ -89,6 +98,9 @@ def main() -> None:
         args.repeats)
     print(ratio_line("identity patch, all layers / plain", identity, plain))
 
+    edit_rows(pipe, names, prompt, kwargs, plain_run, args)
+    sweep_start_steps(pipe, names, prompt, kwargs, args)
+
     pairs = text_pairs([f'a sign that says "{w}"' for w in WORDS], args.pairs, seed=0)
     variants = [[]] + [[n] for n in names] + [names]
 
@@ -110,6 +122,61 @@ def main() -> None:
     naive_t, batched_t = paired(naive, batched, max(1, args.repeats - 1))
     print(ratio_line(f"sweep naive / batched ({len(variants)} variants x {len(pairs)} pairs; goal >= 4)",
                      naive_t, batched_t))
+
+
+def edit_layers(pipe: object, names: list[str]) -> list[str]:
+    try:
+        return choose_layers(pipe, "preset")
+    except TextlocError:  # tiny models have no preset: the middle layer stands in
+        return [names[len(names) // 2]]
+
+
+def edit_rows(pipe: object, names: list[str], prompt: str, kwargs: Callable[[], dict], plain_run: Callable,
+              args: argparse.Namespace) -> None:
+    from textloc.p2p import P2PConfig, check_supported, p2p_edit
+
+    target = 'a sign that says "DOG"'
+    layers = edit_layers(pipe, names)
+    plan = PatchPlan(layers=layers, target_prompt=target, start_step=default_start_step(pipe, args.steps))
+
+    def ours() -> object:
+        return generate(pipe, prompt, plan, **kwargs())
+
+    edit_t, plain = paired(ours, plain_run, args.repeats)
+    print(ratio_line(f"edit ({len(layers)} layers, start {plan.start_step}) / plain (goal <= 1.1 U-Net, 1.6 MMDiT)",
+                     edit_t, plain))
+    if any(not layer.static for layer in list_text_layers(pipe) if layer.name in layers):
+        two, one = paired(lambda: generate(pipe, prompt, plan, mode="two-pass", **kwargs()), ours, args.repeats)
+        print(ratio_line("edit two-pass / one-pass", two, one))
+    try:
+        check_supported(pipe)
+    except TextlocError:
+        print("Prompt-to-Prompt: not implemented for this architecture (U-Net models only)")
+        return
+    p2p, edit_t = paired(lambda: p2p_edit(pipe, prompt, target, config=P2PConfig(), **kwargs()), ours, args.repeats)
+    print(ratio_line("Prompt-to-Prompt / edit (goal >= 3)", p2p, edit_t))
+
+
+def sweep_start_steps(pipe: object, names: list[str], prompt: str, kwargs: Callable[[], dict],
+                      args: argparse.Namespace) -> None:
+    target = 'a sign that says "DOG"'
+    layers = edit_layers(pipe, names)
+    candidates = sorted({0, *range(args.steps // 8, args.steps // 2 + 1, max(1, args.steps // 8))})
+    plans = [PatchPlan(layers=layers, target_prompt=target, start_step=k) for k in candidates]
+
+    def naive() -> None:
+        pipe(prompt, **kwargs())
+        for plan in plans:
+            generate(pipe, prompt, plan, mode="two-pass", **kwargs())
+
+    def reuse() -> None:
+        cache = PrefixCache(until_step=max(candidates))
+        generate(pipe, prompt, None, prefix=cache, **kwargs())
+        for plan in plans:
+            generate(pipe, prompt, plan, mode="two-pass", prefix=cache, **kwargs())
+
+    naive_t, reuse_t = paired(naive, reuse, max(1, args.repeats - 1))
+    print(ratio_line(f"start-step sweep naive / prefix reuse (source + starts {candidates})", naive_t, reuse_t))
 
 
 if __name__ == "__main__":

@@ -422,14 +422,20 @@ def tune_start_step(
 # Benchmark pairs
 
 
-def embedded_bench_pairs(n: int, seed: int) -> list[PromptPair]:
-    """Fully specified embedded prompts (``describe(spec)``) with new texts: seen words and never-seen strings.
+def embedded_bench_pairs(n: int, seed: int, open_prompts: bool = False) -> list[PromptPair]:
+    """Embedded prompts with new texts: seen words and never-seen strings.
 
     Even items take a training word as the target ("seen"), odd items a random string from the reserved class
     that training never draws ("unseen"); the source text is always a training word. Keys say the group.
+
+    ``open_prompts=False`` (benchmark ``embedded``): fully specified prompts (``describe(spec)``); colours and
+    font are fixed by the words, so regenerating with the target prompt already keeps them. ``True``
+    (``embedded-open``): the prompts name only the text (``a board that reads "CAT"``), as a user who liked
+    what the seed drew would write them; colours and font then come from the noise *and* the text, which is
+    the case editing exists for.
     """
     from .embedded import renderer
-    from .embedded.tokenizer import describe
+    from .embedded.tokenizer import describe, make_prompt
     from .embedded.words import TRAIN_WORDS
 
     rng = random.Random(seed)
@@ -441,9 +447,13 @@ def embedded_bench_pairs(n: int, seed: int) -> list[PromptPair]:
             target = rng.choice(TRAIN_WORDS) if seen else renderer.random_string(rng)
             if target != spec.text and (seen or renderer.is_reserved(target)):
                 break
-        source = describe(spec)
-        pairs.append(PromptPair(f"{'seen' if seen else 'unseen'}-{i:04d}", source, describe(replace(spec, text=target)),
-                                spec.text, target, seed * 100_003 + i))
+        if open_prompts:
+            source = make_prompt(spec, random.Random(seed * 100_003 + i), p_attribute=0.0)
+            target_prompt = replace_quoted(source, target)
+        else:
+            source, target_prompt = describe(spec), describe(replace(spec, text=target))
+        pairs.append(PromptPair(f"{'seen' if seen else 'unseen'}-{i:04d}", source, target_prompt, spec.text, target,
+                                seed * 100_003 + i))
     return pairs
 
 
@@ -502,10 +512,14 @@ def renderable_pairs(pipe: Any, pairs: Sequence[PromptPair]) -> tuple[list[Promp
     return kept, len(pairs) - len(kept)
 
 
+#: Edit benchmarks of the embedded model: fully specified prompts, and prompts that name only the text.
+EMBEDDED_BENCHMARKS = ("embedded", "embedded-open")
+
+
 def bench_pairs(benchmark: str, n: int | None, seed: int, split: str = "test", pipe: Any = None) -> list[PromptPair]:
     """Edit pairs of a benchmark; with ``pipe``, only pairs whose target it can render are drawn from."""
-    if benchmark == "embedded":
-        return embedded_bench_pairs(n or 100, seed)
+    if benchmark in EMBEDDED_BENCHMARKS:
+        return embedded_bench_pairs(n or 100, seed, open_prompts=benchmark == "embedded-open")
     pairs = glyph_bench_pairs(benchmark, None, seed, split)
     if pipe is not None:
         pairs, _ = renderable_pairs(pipe, pairs)

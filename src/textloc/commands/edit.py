@@ -156,7 +156,9 @@ def register(app: typer.Typer) -> None:
     def bench_edit(
         out: Annotated[Path, typer.Option("--out", "-o", help="run folder; a run with the same settings resumes")],
         model: ModelOpt = "embedded",
-        benchmark: Annotated[str, typer.Option(help="embedded | simplebench | creativebench | prompt FILE/folder")] = (
+        benchmark: Annotated[str, typer.Option(
+            help="embedded | embedded-open (prompts name only the text) | simplebench | creativebench | FILE/folder"
+        )] = (
             "embedded"
         ),
         n: Annotated[int | None, typer.Option(help="number of edit pairs (default: all; embedded: 100)")] = None,
