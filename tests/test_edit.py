@@ -291,3 +291,22 @@ def test_clip_t_with_user_weights(tmp_path: Path) -> None:
     assert isinstance(score, float) and 0.0 <= score <= 100.0
     with pytest.raises(InputError, match="CLIP weights"):
         Scorer(ocr=None, clip=str(tmp_path)).clip_t(image, PROMPT)
+
+
+def test_edit_layers_default_to_the_full_score_set(tmp_path: Path) -> None:
+    """Editing takes the smallest k-best set that reaches the all-layers score, not the 90 % selection."""
+    from textloc.presets import load_localization
+
+    summary = {
+        "model_fingerprint": None, "chosen_layers": ["a"], "all_layers_score": 1.0,
+        "curve": [{"k": 0, "layers": [], "exact": 0.0}, {"k": 1, "layers": ["a"], "exact": 0.95},
+                  {"k": 2, "layers": ["a", "b"], "exact": 0.97}, {"k": 3, "layers": ["a", "b", "c"], "exact": 1.0},
+                  {"k": 4, "layers": ["a", "b", "c", "d"], "exact": 1.0}],
+    }
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))
+    assert load_localization(path) == ["a"]
+    assert load_localization(path, full_score=True) == ["a", "b", "c"]
+    summary["curve"] = summary["curve"][:3]  # no set reaches the all-layers score: keep the selection
+    path.write_text(json.dumps(summary))
+    assert load_localization(path, full_score=True) == ["a"]

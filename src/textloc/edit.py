@@ -310,7 +310,7 @@ def edit_text(
     text = check_new_text(pipe, new_text)
     target_prompt = replace_quoted(prompt, text, span)
     source_text = quoted_spans(prompt)[span]
-    names = choose_layers(pipe, layers)
+    names = choose_layers(pipe, layers, full_score=True)
     call = _call_kwargs(pipe, seed, num_inference_steps, guidance_scale, kwargs)
     steps = call["num_inference_steps"]
     start = default_start_step(pipe, steps) if start_step is None else start_step

@@ -115,13 +115,24 @@ def preset_for(model: Any) -> Preset | None:
 EMBEDDED_LOCALIZATION = Path(__file__).parent / "embedded" / "localized.json"
 
 
-def load_localization(path: str | Path, model: Any | None = None) -> list[str]:
-    """Chosen layer names from a localization ``summary.json``; checks it was made for ``model``."""
+def load_localization(path: str | Path, model: Any | None = None, *, full_score: bool = False) -> list[str]:
+    """Chosen layer names from a localization ``summary.json``; checks it was made for ``model``.
+
+    ``full_score=True`` returns instead the smallest top-k set of the k-best curve whose score reaches that
+    of patching *all* layers (the paper's criterion); the summary's ``chosen_layers`` may be smaller, since
+    selection stops at ``fraction`` of that score. Editing wants the full-score set: on the embedded model the
+    layer that picks the glyphs (4) alone misses edits that change the string's length, which layers 0 and 1
+    decide (README, editing results).
+    """
     path = Path(path)
     try:
         summary = json.loads(path.read_text())
         names = list(summary["chosen_layers"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        if full_score:
+            target = float(summary["all_layers_score"])
+            reaching = [row for row in summary["curve"] if row["layers"] and float(row["exact"]) >= target]
+            names = list(min(reaching, key=lambda row: len(row["layers"]))["layers"]) if reaching else names
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise InputError(f"{path} is not a localization summary.json ({type(err).__name__})") from None
     if model is not None and summary.get("model_fingerprint") not in (None, model_fingerprint(model)):
         raise PlanMismatchError(
@@ -130,13 +141,17 @@ def load_localization(path: str | Path, model: Any | None = None) -> list[str]:
     return names
 
 
-def choose_layers(model: Any, spec: str | Sequence[str | int] | None = "preset") -> list[str]:
+def choose_layers(model: Any, spec: str | Sequence[str | int] | None = "preset", *,
+                  full_score: bool = False) -> list[str]:
     r"""Resolve a ``--layers`` value to layer names of ``model``.
 
     Args:
         spec: ``"preset"`` / ``"auto"``: the published preset for this model's layout, or for the embedded model
             its shipped localization; a path to a localization ``summary.json``; ``"all"``: every text layer; or
             layer names / execution-order indices (a list, or one comma-separated string).
+        full_score: with ``preset``/``auto`` on the embedded model, take the smallest top-k set of its shipped
+            localization that reaches the all-layers score instead of the selected set (``load_localization``);
+            editing uses this. A ``summary.json`` you pass is always used as selected.
     """
     from .layers import resolve_layers
 
@@ -146,7 +161,7 @@ def choose_layers(model: Any, spec: str | Sequence[str | int] | None = "preset")
             return preset.check(model)
         if EMBEDDED_LOCALIZATION.exists():
             try:
-                return load_localization(EMBEDDED_LOCALIZATION, model)
+                return load_localization(EMBEDDED_LOCALIZATION, model, full_score=full_score)
             except PlanMismatchError:
                 pass
         raise PlanMismatchError(

@@ -133,7 +133,7 @@ def register(app: typer.Typer) -> None:
         _ocr_or_none(ocr)
         pairs = load_pairs(prompts, n_pairs, seed)
         pipe = load_pipeline(model)
-        names = choose_layers(pipe, layers)
+        names = choose_layers(pipe, layers, full_score=True)
         n_steps = steps or default_steps(pipe)
         bad = [c for c in steps_list if not 0 <= c < n_steps]
         if bad or not steps_list:
@@ -196,7 +196,7 @@ def register(app: typer.Typer) -> None:
         pairs = bench_pairs(benchmark, n, seed, split, pipe=pipe)
         if not pairs:
             raise InputError(f"Expected pairs the model can render, but all {skipped} target texts are unrenderable")
-        names = choose_layers(pipe, layers) if {"ours"} & set(chosen) else []
+        names = choose_layers(pipe, layers, full_score=True) if {"ours"} & set(chosen) else []
         n_steps = steps or default_steps(pipe)
         config = BenchConfig(model=model, benchmark=benchmark, seed=seed, split=split, layers=names,
                              start_step=default_start_step(pipe, n_steps) if start_step is None else start_step,
