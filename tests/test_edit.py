@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from textloc import presets
 from textloc.cli import app, main
-from textloc.engine import generate
 from textloc.edit import (
     EMBEDDED_START_STEP,
     EMBEDDED_STEPS,
@@ -33,6 +32,7 @@ from textloc.edit import (
 )
 from textloc.edit import default_start_step as start_for
 from textloc.embedded.pipeline import build_untrained
+from textloc.engine import generate
 from textloc.errors import InputError, PlanMismatchError, UnknownLayerError
 from textloc.layers import list_text_layers
 from textloc.plan import PatchPlan
