@@ -15,9 +15,13 @@ cp runs/localize/summary.json src/textloc/embedded/localized.json
 # 3. Attribute localization (style = font, colour = text colour, background).
 for a in style colour background; do textloc localize --attribute "$a" --n-pairs 16 --out "runs/localize-$a"; done
 
-# 4. Editing: tune the start step on validation pairs, then the benchmark on fresh test pairs.
+# 4. Editing (layers: the full-score set 4+0+1): tune the start step on validation pairs, then the benchmark on
+#    fresh test pairs, fully specified prompts and prompts that name only the text; layer 4 alone for comparison.
 textloc edit-tune --model embedded --layers preset --n-pairs 32 --seed 1 --candidates 0,1,2,3,4,6 --out runs/edit-tune
 textloc bench edit --model embedded --benchmark embedded --n 100 --seed 7 --out runs/bench-edit
+textloc bench edit --model embedded --benchmark embedded --n 100 --seed 7 --layers 4 --start-step 0 \
+  --out runs/bench-edit-layer4
+textloc bench edit --model embedded --benchmark embedded-open --n 100 --seed 7 --out runs/bench-edit-open
 
 # 5. Safety on ToxicBench's training words that the model can render.
 textloc bench safety --model embedded --words "$TOX/toxic_words.txt" --mappings "$TOX/toxic_mappings.txt" \

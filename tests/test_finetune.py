@@ -255,7 +255,10 @@ def test_synthetic_scenarios_are_deterministic_and_hold_out_test_strings() -> No
     assert all(len(s.text) == 6 for s in SCENARIOS["long"].test_specs(10))
     custom = parse_scenario("font=mono,letters=abc,len=2-4")
     assert (custom.font, custom.letters, custom.min_len, custom.max_len) == ("mono", "ABC", 2, 4)
-    for bad in ("nonsense", "font=comic", "len=9", "colour=red"):
+    two = parse_scenario("words=2,len=5-6")
+    texts = [s.text for s in two.test_specs(20)]
+    assert all(t.count(" ") == 1 and 5 <= len(t) <= 6 and all(t.split(" ")) for t in texts)
+    for bad in ("nonsense", "font=comic", "len=9", "colour=red", "words=3", "words=x"):
         with pytest.raises(InputError):
             parse_scenario(bad)
     from textloc.embedded.train import TrainConfig, sample_batch

@@ -282,6 +282,7 @@ class Scenario:
     min_len: int = 3
     max_len: int = 6
     p_attribute: float = 1.0  # how often make_prompt mentions each attribute
+    words: int = 1  # 2: two words separated by a space, within the renderer's 6 characters (10 % of training)
 
     def __post_init__(self) -> None:
         from .embedded import renderer
@@ -290,6 +291,8 @@ class Scenario:
             raise InputError(f"Expected font in {sorted(renderer.FONTS)}, but got {self.font!r}")
         if not set(self.letters) <= set(renderer.ALPHABET):
             raise InputError(f"Expected letters from A-Z, but got {self.letters!r}")
+        if self.words not in (1, 2):
+            raise InputError(f"Expected words=1 or words=2, but got {self.words!r}")
         if not renderer.MIN_CHARS <= self.min_len <= self.max_len <= renderer.MAX_CHARS:
             raise InputError(
                 f"Expected string lengths within {renderer.MIN_CHARS}-{renderer.MAX_CHARS}, "
@@ -302,7 +305,14 @@ class Scenario:
 
         alphabet = self.letters or renderer.ALPHABET
         for _ in range(10_000):
-            text = "".join(rng.choice(alphabet) for _ in range(rng.randint(self.min_len, self.max_len)))
+            length = rng.randint(self.min_len, self.max_len)
+            if self.words == 2:  # split the length into two words around a space
+                length = max(length, 3)
+                first = rng.randint(1, length - 2)
+                letters = [rng.choice(alphabet) for _ in range(length - 1)]
+                text = "".join(letters[:first]) + " " + "".join(letters[first:])
+            else:
+                text = "".join(rng.choice(alphabet) for _ in range(length))
             if renderer.is_reserved(text) == reserved:
                 return text
         raise InputError(f"Scenario {self.name!r} has too few strings to split into train and test")
@@ -348,13 +358,17 @@ def parse_scenario(text: str) -> Scenario:
             fields["font"] = value
         elif key == "letters":
             fields["letters"] = value.upper()
+        elif key == "words":
+            if not value.isdigit():
+                raise InputError(f"Expected words=1 or words=2, but got {part!r}")
+            fields["words"] = int(value)
         elif key == "len":
             low, _, high = value.partition("-")
             if not low.isdigit() or (high and not high.isdigit()):
                 raise InputError(f"Expected len=N or len=N-M, but got {part!r}")
             fields["min_len"], fields["max_len"] = int(low), int(high or low)
         else:
-            raise InputError(f"Expected scenario keys font, letters or len, but got {key!r}")
+            raise InputError(f"Expected scenario keys font, letters, len or words, but got {key!r}")
     return Scenario(name=text, description=f"custom scenario {text}", **fields)
 
 
