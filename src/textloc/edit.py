@@ -319,9 +319,10 @@ def edit_text(
     plan.validate_steps(steps)
 
     t0 = time.perf_counter()
-    source = _first(pipe(prompt, **_fresh(call, seed)).images)
+    prefix = PrefixCache(until_step=start)  # the edit branches off the source run after `start` steps
+    source = _first(generate(pipe, prompt, None, prefix=prefix, **_fresh(call, seed)).images)
     t1 = time.perf_counter()
-    result = generate(pipe, prompt, plan, **_fresh(call, seed))
+    result = generate(pipe, prompt, plan, prefix=prefix, **_fresh(call, seed))
     seconds = time.perf_counter() - t1
     edited = _first(result.images)
 
