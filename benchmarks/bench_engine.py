@@ -75,18 +75,21 @@ def main() -> None:
     args = parser.parse_args()
     pipe = load_pipeline(args.model, device=args.device)
     pipe.set_progress_bar_config(disable=True)
-    extra: dict = {}
-    if args.model.startswith("tiny:"):
+
+    def extra(batch: int = 1) -> dict:
+        """Call arguments a tiny pipeline needs (sized per batch: Flux's true-CFG negative prompts)."""
+        if not args.model.startswith("tiny:"):
+            return {}
         from textloc.testing import tiny_call_kwargs
 
-        extra = tiny_call_kwargs(args.model.split(":", 1)[1])
+        return tiny_call_kwargs(args.model.split(":", 1)[1], batch_size=batch)
     names = [layer.name for layer in list_text_layers(pipe)]
     print(f"model {args.model} ({len(names)} text layers), {args.steps} steps, device {args.device}, "
           f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}")
     prompt = 'a sign that says "CAT"'
 
     def kwargs() -> dict:
-        return {**extra, "num_inference_steps": args.steps, "generator": torch.Generator().manual_seed(0)}
+        return {**extra(), "num_inference_steps": args.steps, "generator": torch.Generator().manual_seed(0)}
 
     def plain_run() -> object:
         return pipe(prompt, **kwargs())
@@ -115,7 +118,7 @@ def main() -> None:
 
     def batched() -> None:
         rows = [(s, p) for s in variants for p in pairs]
-        k = {**kwargs(), "generator": [torch.Generator().manual_seed(p.seed) for _, p in rows]}
+        k = {**kwargs(), **extra(len(rows)), "generator": [torch.Generator().manual_seed(p.seed) for _, p in rows]}
         generate(pipe, [p.source for _, p in rows], PatchPlan(layers=names), target_prompt=[p.target for _, p in rows],
                  row_layers=[s for s, _ in rows], **k)
 
@@ -126,7 +129,7 @@ def main() -> None:
 
 def edit_layers(pipe: object, names: list[str]) -> list[str]:
     try:
-        return choose_layers(pipe, "preset")
+        return choose_layers(pipe, "preset", full_score=True)  # what `textloc edit` uses
     except TextlocError:  # tiny models have no preset: the middle layer stands in
         return [names[len(names) // 2]]
 

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize(("model", "rows"), [
     ("tiny:sd3", ["empty plan / plain", "edit two-pass / one-pass", "Prompt-to-Prompt: not implemented",
                   "start-step sweep naive / prefix reuse", "sweep naive / batched"]),
+    ("tiny:flux", ["edit two-pass / one-pass", "sweep naive / batched"]),
     ("tiny:sd15", ["empty plan / plain", "Prompt-to-Prompt / edit", "start-step sweep naive / prefix reuse"]),
 ])
 def test_bench_engine_prints_every_ratio(model: str, rows: list[str]) -> None:
