@@ -267,7 +267,8 @@ def test_cli_bench_edit_writes_the_table_and_resumes(model_dir: str, tmp_path: P
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     table = (out / "results.md").read_text()
-    for label in ("Ours", "Prompt swap", "Patch all layers", "Prompt-to-Prompt", "CLIP-T", "BG kept", "n/a"):
+    for label in ("Ours", "Prompt swap", "Patch all layers", "Prompt-to-Prompt", "CLIP-T", "BG kept",
+                  "Text colour kept", "n/a"):
         assert label in table, label
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["methods"]) == {"ours", "prompt-swap", "patch-all", "p2p"}

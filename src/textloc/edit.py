@@ -197,9 +197,12 @@ class Scorer:
                        edit_distance=int(scores.edit_distance), cer=float(scores.cer))
         row["clip_t"] = self.clip_t(edited, target_prompt)
         if self.embedded:
-            from .embedded.readers import background_colour
+            from .embedded.readers import background_colour, text_colour
 
-            row["background_kept"] = background_colour(to_pil(edited)) == background_colour(to_pil(source))
+            edited_image, source_image = to_pil(edited), to_pil(source)
+            edited_bg, source_bg = background_colour(edited_image), background_colour(source_image)
+            row["background_kept"] = edited_bg == source_bg
+            row["text_colour_kept"] = text_colour(edited_image, edited_bg) == text_colour(source_image, source_bg)
         else:
             row["background_kept"] = row["ssim"] >= SSIM_KEPT
         return row
@@ -722,6 +725,7 @@ def summarise(records: list[dict[str, Any]], methods: Sequence[str], *, embedded
             "clip_t": _mean([r.get("clip_t") for r in rs]),
             "seconds": _mean([r["seconds"] for r in rs]),
             "background_kept": _mean([r.get("background_kept") for r in rs]),
+            "text_colour_kept": _mean([r.get("text_colour_kept") for r in rs]),
         }
     return {"methods": rows, "embedded": embedded}
 
@@ -737,7 +741,8 @@ LABELS = {"ours": "Ours (localized layers)", "prompt-swap": "Prompt swap", "patc
 
 def markdown_table(summary: dict[str, Any]) -> str:
     """The editing table (columns of the paper's, plus exact match, edit distance and time)."""
-    columns = list(COLUMNS) + ([("background_kept", "BG kept ↑", "{:.3f}")] if summary.get("embedded") else [])
+    embedded = [("background_kept", "BG kept ↑", "{:.3f}"), ("text_colour_kept", "Text colour kept ↑", "{:.3f}")]
+    columns = list(COLUMNS) + (embedded if summary.get("embedded") else [])
     lines = ["| Method | n | " + " | ".join(c[1] for c in columns) + " |",
              "|---|---:|" + "---:|" * len(columns)]
     for method, row in summary["methods"].items():
