@@ -27,10 +27,14 @@ textloc bench edit --model embedded --benchmark embedded-open --n 100 --seed 7 -
 textloc bench safety --model embedded --words "$TOX/toxic_words.txt" --mappings "$TOX/toxic_mappings.txt" \
   --n 100 --out runs/bench-safety
 
-# 6. Localized LoRA vs all cross-attention vs random layers, on the weakest scenario probed (narrow letters).
-textloc bench finetune --model embedded --scenario "letters=IJL,len=5-6" --steps 200 --lr 1e-3 --n-test 50 \
-  --random-seeds 0 --out runs/bench-finetune
+# 6. Localized LoRA (the full-score set 4+0+1) vs all cross-attention vs random layers, on the weakest slice
+#    (6 letters of M and W); two seeds.
+textloc bench finetune --model embedded --scenario "letters=MW,len=6" --layers-localized 4,0,1 --steps 600 \
+  --lr 1e-4 --n-test 200 --random-seeds 0 --seed 1 --out runs/bench-finetune
+textloc bench finetune --model embedded --scenario "letters=MW,len=6" --layers-localized 4,0,1 --steps 600 \
+  --lr 1e-4 --n-test 100 --random-seeds 0 --seed 0 --out runs/bench-finetune-seed0
 
 # 7. Speed ratios.
 OMP_NUM_THREADS=1 python benchmarks/bench_engine.py --model embedded --repeats 3 --pairs 4
-python benchmarks/bench_lora.py
+for m in tiny:sd3 tiny:flux tiny:sd15; do OMP_NUM_THREADS=1 python benchmarks/bench_engine.py --model $m --repeats 7; done
+OMP_NUM_THREADS=1 python benchmarks/bench_lora.py --repeats 5
