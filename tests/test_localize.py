@@ -241,3 +241,28 @@ def test_clip_t_is_scored_when_weights_are_given(tmp_path) -> None:
                       reader=lambda images, ps: [p.source_value for p in ps], **kwargs)
     assert all(0.0 <= r["clip_t"] <= 100.0 for r in result.records)
     assert all(p["clip_t"] is not None for p in result.summary["per_layer"])
+
+
+def test_prefix_reuse_gives_the_same_records_and_skips_steps(tmp_path, monkeypatch) -> None:
+    """With a start step, batches of one pair chunk share their first steps; records are unchanged."""
+    from textloc.prefix import PrefixCache
+
+    hits = []
+    lookup = PrefixCache.lookup
+
+    def counting(self, step, inputs):
+        found = lookup(self, step, inputs)
+        hits.append(found is not None)
+        return found
+
+    def records(out: Path) -> list[dict]:
+        rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        return sorted(({k: v for k, v in r.items() if k != "seconds_per_image"} for r in rows),
+                      key=lambda r: (r["variant"], r["pair"]))
+
+    _run(tmp_path, tmp_path / "plain", start_step=1, prefix_reuse=False, batch_size=4)
+    assert not hits
+    monkeypatch.setattr(PrefixCache, "lookup", counting)
+    _run(tmp_path, tmp_path / "reuse", start_step=1, batch_size=4)
+    assert any(hits)
+    assert records(tmp_path / "reuse") == records(tmp_path / "plain")

@@ -36,6 +36,7 @@ from .errors import InputError
 from .io import append_jsonl, atomic_write_json, read_jsonl
 from .layers import TextLayer, get_denoiser, list_text_layers, model_fingerprint, resolve_layers
 from .plan import PatchPlan
+from .prefix import PrefixCache
 from .prompts import PromptPair
 
 Reader = Callable[[Sequence[Any], Sequence[PromptPair]], list[str]]
@@ -61,9 +62,11 @@ class LocalizeConfig:
     layers: list[str] | None = None
     curve: list[int] | None = None
     clip: str | None = None  # local CLIP folder: adds CLIP-T of each image against the target prompt
+    prefix_reuse: bool = True  # with start_step > 0: batches of one pair chunk share their first steps
 
     def fingerprint(self) -> str:
-        keep = {k: v for k, v in asdict(self).items() if k not in ("fraction",)}
+        # Neither the selection fraction nor prefix reuse (bit-identical by construction) changes a record.
+        keep = {k: v for k, v in asdict(self).items() if k not in ("fraction", "prefix_reuse")}
         return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -198,6 +201,10 @@ class Localizer:
         self._none_group: list[tuple[str, list[str]]] = [("none", [])]
         self.records: dict[tuple[str, str], dict[str, Any]] = {}
         self.images: dict[tuple[str, str], Any] = {}
+        # Every batch of one pair chunk has the same prompts and noise before the start step, whatever layers
+        # its rows patch: those denoiser calls are computed once (prefix.PrefixCache; kept per chunk).
+        self.prefix = PrefixCache(config.start_step) if config.prefix_reuse and config.start_step > 0 else None
+        self._prefix_chunk: tuple[str, ...] = ()
 
     # -- generation ---------------------------------------------------------------------------------------
     def _generate(self, variant: str, names: list[str], pairs: list[PromptPair]) -> list[Any]:
@@ -207,15 +214,19 @@ class Localizer:
     def _generate_batch(self, variants: list[tuple[str, list[str]]], pairs: list[PromptPair]) -> dict:
         """Every (variant, pair) of the group as one row of one batched call; each row has its own noise."""
         rows = [(v, names, p) for v, names in variants for p in pairs]
+        if self.prefix is not None and tuple(p.key for p in pairs) != self._prefix_chunk:
+            self.prefix.clear()
+            self._prefix_chunk = tuple(p.key for p in pairs)
         prompts = [p.target if v == "target" else p.source for v, _, p in rows]
         kwargs = {**self.call_kwargs, "generator": [torch.Generator().manual_seed(p.seed) for _, _, p in rows]}
         union = sorted({name for _, names, _ in rows for name in names})
         if not union:
-            images = list(self.pipe(prompts, **kwargs).images)
+            images = list(generate(self.pipe, prompts, None, prefix=self.prefix, **kwargs).images)
         else:
             plan = PatchPlan(layers=union, start_step=self.config.start_step, branches=self.config.branches)
             images = list(generate(self.pipe, prompts, plan, target_prompt=[p.target for _, _, p in rows],
-                                   row_layers=[names for _, names, _ in rows], **kwargs).images)
+                                   row_layers=[names for _, names, _ in rows], prefix=self.prefix,
+                                   **kwargs).images)
         return {(v, p.key): image for (v, _, p), image in zip(rows, images, strict=True)}
 
     def _source_images(self, pairs: list[PromptPair]) -> list[Any]:
