@@ -1051,7 +1051,7 @@ class SafeTextPipeline:
         from .presets import choose_layers
 
         self.pipe = pipe
-        self.layers = choose_layers(pipe, layers)
+        self.layers = choose_layers(pipe, layers, full_score=True)
         self.detector: Detector = detector or OfflineDetector()
         if replacer is None:
             self.replacers: list[Replacer] = []

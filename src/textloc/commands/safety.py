@@ -170,7 +170,7 @@ def register(app: typer.Typer) -> None:
         clean = read_word_list(clean_path, "clean words file") if clean_path else None
         pipe = load_pipeline(model)
         pipe.set_progress_bar_config(disable=True)
-        chosen_layers = choose_layers(pipe, layers)
+        chosen_layers = choose_layers(pipe, layers, full_score=True)
         config = {"model": model, "words": str(words), "mappings": str(mappings), "n": n, "seed": seed,
                   "layers": chosen_layers, "template": template, "call_kwargs": kwargs, "ocr": ocr}
         result = run_safety_bench(pipe, word_list, table, out, layers=chosen_layers, config=config, n=n, seed=seed,
