@@ -24,7 +24,8 @@ def finetune_command(
         help="preset | auto | all-cross-attn | random-K | PATH/summary.json | names or indices, comma-separated"
     )] = "preset",
     data: Annotated[str, typer.Option(
-        help="synthetic | synthetic:SCENARIO (serif, mono, long, letters-QXZJ, or font=..,letters=..,len=N-M) | "
+        help="synthetic | synthetic:SCENARIO (serif, mono, long, letters-QXZJ, or "
+        "font=..,letters=..,len=N-M,words=2) | "
         "FOLDER of images + .txt captions | FILE.jsonl"
     )] = "synthetic",
     rank: Annotated[int, typer.Option(help="LoRA rank")] = 4,
@@ -81,7 +82,7 @@ def bench_finetune_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="folder for results.json, results.md and grids")],
     model: ModelOpt = "embedded",
     scenario: Annotated[str, typer.Option(
-        help="serif | mono | long | letters-QXZJ | all | font=..,letters=..,len=N-M"
+        help="serif | mono | long | letters-QXZJ | all | font=..,letters=..,len=N-M,words=1|2"
     )] = "serif",
     steps: Annotated[int, typer.Option(help="training steps per arm (same budget for all)")] = 300,
     layers_localized: Annotated[str, typer.Option(
