@@ -23,15 +23,15 @@ from collections.abc import Callable
 
 import torch
 
-from textloc.edit import default_start_step
-from textloc.engine import generate
+from textloc.apps.edit.core import default_start_step
+from textloc.core.engine import generate
+from textloc.core.layers import list_text_layers
+from textloc.core.plan import PatchPlan
+from textloc.core.prefix import PrefixCache
+from textloc.data.pairs import text_pairs
 from textloc.errors import TextlocError
-from textloc.layers import list_text_layers
-from textloc.loading import load_pipeline
-from textloc.plan import PatchPlan
-from textloc.prefix import PrefixCache
-from textloc.presets import choose_layers
-from textloc.prompts import text_pairs
+from textloc.models.loading import load_pipeline
+from textloc.models.presets import choose_layers
 
 WORDS = ["CAT", "DOG", "SUN", "MAP", "ICE", "OWL", "FOX", "TEA"]
 
@@ -80,7 +80,7 @@ def main() -> None:
         """Call arguments a tiny pipeline needs (sized per batch: Flux's true-CFG negative prompts)."""
         if not args.model.startswith("tiny:"):
             return {}
-        from textloc.testing import tiny_call_kwargs
+        from textloc.models.tiny import tiny_call_kwargs
 
         return tiny_call_kwargs(args.model.split(":", 1)[1], batch_size=batch)
     names = [layer.name for layer in list_text_layers(pipe)]
@@ -136,7 +136,7 @@ def edit_layers(pipe: object, names: list[str]) -> list[str]:
 
 def edit_rows(pipe: object, names: list[str], prompt: str, kwargs: Callable[[], dict], plain_run: Callable,
               args: argparse.Namespace) -> None:
-    from textloc.p2p import P2PConfig, check_supported, p2p_edit
+    from textloc.apps.p2p import P2PConfig, check_supported, p2p_edit
 
     target = 'a sign that says "DOG"'
     layers = edit_layers(pipe, names)

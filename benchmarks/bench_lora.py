@@ -27,8 +27,7 @@ from typing import Any
 
 import torch
 
-from textloc.errors import TextlocError
-from textloc.finetune import (
+from textloc.apps.finetune.core import (
     PeakMemory,
     SavedTensorMeter,
     SyntheticData,
@@ -37,13 +36,14 @@ from textloc.finetune import (
     parameter_share,
     resolve_layer_spec,
 )
-from textloc.layers import get_denoiser
+from textloc.core.layers import get_denoiser
+from textloc.errors import TextlocError
 
 
 def embedded_pipeline() -> tuple[Any, str]:
     """The shipped embedded model, or the untrained one when its weights are not there yet."""
-    from textloc.embedded.pipeline import build_untrained
-    from textloc.loading import load_pipeline
+    from textloc.models.embedded.pipeline import build_untrained
+    from textloc.models.loading import load_pipeline
 
     try:
         return load_pipeline("embedded"), "embedded"
@@ -138,7 +138,7 @@ def main() -> None:
     report(f"{label}, batch {args.batch_size}, rank {args.rank}, {args.device}", rows, args.device)
 
     if args.tiny:
-        from textloc.testing import build_tiny_pipeline
+        from textloc.models.tiny import build_tiny_pipeline
 
         tiny = build_tiny_pipeline(args.tiny)
         layers = resolve_layer_spec(tiny, args.tiny_localized)

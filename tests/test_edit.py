@@ -16,9 +16,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from textloc import presets
-from textloc.cli import app, main
-from textloc.edit import (
+from textloc.models import presets
+from textloc.apps.edit.core import (
     EMBEDDED_START_STEP,
     EMBEDDED_STEPS,
     BenchConfig,
@@ -30,12 +29,13 @@ from textloc.edit import (
     run_edit_bench,
     tune_start_step,
 )
-from textloc.edit import default_start_step as start_for
-from textloc.embedded.pipeline import build_untrained
-from textloc.engine import generate
+from textloc.apps.edit.core import default_start_step as start_for
+from textloc.cli.app import app, main
+from textloc.core.engine import generate
+from textloc.core.layers import list_text_layers
+from textloc.core.plan import PatchPlan
 from textloc.errors import InputError, PlanMismatchError, UnknownLayerError
-from textloc.layers import list_text_layers
-from textloc.plan import PatchPlan
+from textloc.models.embedded.pipeline import build_untrained
 
 PROMPT = 'a red sign with white serif letters that says "CAT"'
 LAYERS = [3, 4]
@@ -283,8 +283,8 @@ def test_cli_bench_edit_writes_the_table_and_resumes(model_dir: str, tmp_path: P
 
 def test_clip_t_with_user_weights(tmp_path: Path) -> None:
     """CLIP-T comes from weights the user passes (a tiny random CLIP here); a bad path is an InputError."""
-    from textloc.edit import Scorer
-    from textloc.testing import build_tiny_clip
+    from textloc.apps.edit.core import Scorer
+    from textloc.models.tiny import build_tiny_clip
 
     build_tiny_clip(tmp_path / "clip")
     image = np.random.default_rng(0).random((24, 64, 3)).astype(np.float32)
@@ -296,7 +296,7 @@ def test_clip_t_with_user_weights(tmp_path: Path) -> None:
 
 def test_edit_layers_default_to_the_full_score_set(tmp_path: Path) -> None:
     """Editing takes the smallest k-best set that reaches the all-layers score, not the 90 % selection."""
-    from textloc.presets import load_localization
+    from textloc.models.presets import load_localization
 
     summary = {
         "model_fingerprint": None, "chosen_layers": ["a"], "all_layers_score": 1.0,

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from textloc.embedded import readers, renderer
-from textloc.embedded.pipeline import EmbeddedTextPipeline, build_untrained
-from textloc.embedded.tokenizer import CHAR_START, EmbeddedTokenizer, describe, make_prompt, quoted_spans
-from textloc.embedded.train import TrainConfig, sample_batch
-from textloc.embedded.words import TRAIN_WORDS
-from textloc.layers import list_text_layers
-from textloc.loading import EMBEDDED_DIR, load_pipeline
+from textloc.core.layers import list_text_layers
+from textloc.models.embedded import readers, renderer
+from textloc.models.embedded.pipeline import EmbeddedTextPipeline, build_untrained
+from textloc.models.embedded.tokenizer import CHAR_START, EmbeddedTokenizer, describe, make_prompt, quoted_spans
+from textloc.models.embedded.train import TrainConfig, sample_batch
+from textloc.models.embedded.words import TRAIN_WORDS
+from textloc.models.loading import EMBEDDED_DIR, load_pipeline
 
 
 def test_renderer_is_deterministic_and_returns_ground_truth() -> None:
@@ -116,7 +116,7 @@ def test_shipped_model_loads_and_samples_quickly() -> None:
 
 def test_training_resumes_exactly(tmp_path) -> None:
     """Kill-and-resume is equivalent to an uninterrupted run: batches are a function of the step, state is saved."""
-    from textloc.embedded.train import train
+    from textloc.models.embedded.train import train
 
     def cfg(steps: int) -> TrainConfig:
         return TrainConfig(batch_size=2, max_steps=steps, checkpoint_every=1, sample_every=10_000, warmup_steps=2)

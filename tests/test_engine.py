@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from textloc.engine import generate
+from textloc.core.engine import generate
+from textloc.core.layers import get_denoiser, list_text_layers, model_fingerprint
+from textloc.core.plan import PatchPlan
 from textloc.errors import (
     InputError,
     PlanMismatchError,
     StepWindowError,
     UnknownLayerError,
 )
-from textloc.layers import get_denoiser, list_text_layers, model_fingerprint
-from textloc.plan import PatchPlan
-from textloc.testing import TINY_ARCHITECTURES, build_tiny_pipeline, tiny_call_kwargs
+from textloc.models.tiny import TINY_ARCHITECTURES, build_tiny_pipeline, tiny_call_kwargs
 
 SOURCE = 'a sign that says "CAT"'
 TARGET = 'a sign that says "DOG"'
@@ -212,7 +212,7 @@ def test_row_layers_batch_equals_separate_runs(arch: str) -> None:
 
 
 def test_one_pass_equals_two_pass_on_the_embedded_model() -> None:
-    from textloc.loading import load_pipeline
+    from textloc.models.loading import load_pipeline
 
     pipe = load_pipeline("embedded")
     pipe.set_progress_bar_config(disable=True)
@@ -229,7 +229,7 @@ def test_one_pass_equals_two_pass_on_the_embedded_model() -> None:
 @pytest.mark.parametrize("arch", ["sd15", "sdxl", "sd3", "flux", "pixart-sigma"])
 def test_prefix_reuse_is_bit_identical_and_skips_the_prefix(arch: str) -> None:
     """Runs sharing a source reuse its denoiser outputs before their start step, with identical images."""
-    from textloc.prefix import PrefixCache
+    from textloc.core.prefix import PrefixCache
 
     pipe = tiny(arch)
     names = [layer.name for layer in list_text_layers(pipe)]

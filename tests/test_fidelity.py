@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from textloc.embedded import renderer
 from textloc.errors import InputError
-from textloc.fidelity import (
+from textloc.eval.fidelity import (
     colour_histogram_features,
     image_features,
     knn_radii,
@@ -18,6 +17,7 @@ from textloc.fidelity import (
     precision_recall,
     text_free_features,
 )
+from textloc.models.embedded import renderer
 
 
 def _cloud(n: int, centre: float, seed: int, dim: int = 8) -> np.ndarray:

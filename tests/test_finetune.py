@@ -11,10 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from textloc.embedded import renderer
-from textloc.embedded.pipeline import build_untrained
-from textloc.errors import InputError, TextlocError, UnknownLayerError, UnsupportedModelError
-from textloc.finetune import (
+from textloc.apps.finetune.core import (
     CHECKPOINT_NAME,
     LOG_NAME,
     LORA_WEIGHT_NAME,
@@ -35,8 +32,11 @@ from textloc.finetune import (
     resolve_layer_spec,
     trainable_parameters,
 )
-from textloc.layers import list_text_layers
-from textloc.testing import build_tiny_pipeline, tiny_call_kwargs
+from textloc.core.layers import list_text_layers
+from textloc.errors import InputError, TextlocError, UnknownLayerError, UnsupportedModelError
+from textloc.models.embedded import renderer
+from textloc.models.embedded.pipeline import build_untrained
+from textloc.models.tiny import build_tiny_pipeline, tiny_call_kwargs
 
 FAST = dict(batch_size=2, sample_every=0, progress=False, lr=1e-2)
 
@@ -261,7 +261,7 @@ def test_synthetic_scenarios_are_deterministic_and_hold_out_test_strings() -> No
     for bad in ("nonsense", "font=comic", "len=9", "colour=red", "words=3", "words=x"):
         with pytest.raises(InputError):
             parse_scenario(bad)
-    from textloc.embedded.train import TrainConfig, sample_batch
+    from textloc.models.embedded.train import TrainConfig, sample_batch
 
     prompts, images = SyntheticData(None, seed=5).batch(2, 3, (24, 64))
     ref_prompts, ref_images, _ = sample_batch(TrainConfig(seed=5, batch_size=3, cfg_dropout=0.0), 2)
@@ -289,7 +289,7 @@ def test_cli_finetune_runs_and_rejects_bad_layers(tmp_path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from textloc.commands.finetune import register
+    from textloc.cli.finetune import register
 
     app = typer.Typer()
     register(app)

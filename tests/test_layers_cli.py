@@ -9,12 +9,12 @@ import pytest
 from conftest import run_main
 from typer.testing import CliRunner
 
-from textloc.cli import app
-from textloc.embedded.pipeline import build_untrained
+from textloc.cli.app import app
+from textloc.core.layers import list_text_layers, model_fingerprint
 from textloc.errors import PlanMismatchError, UnsupportedModelError
-from textloc.layers import list_text_layers, model_fingerprint
-from textloc.presets import PRESETS, choose_layers, get_preset, preset_for
-from textloc.testing import TINY_ARCHITECTURES, build_structure_faithful_denoiser, build_tiny_pipeline
+from textloc.models.embedded.pipeline import build_untrained
+from textloc.models.presets import PRESETS, choose_layers, get_preset, preset_for
+from textloc.models.tiny import TINY_ARCHITECTURES, build_structure_faithful_denoiser, build_tiny_pipeline
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "layers.json").read_text())
 runner = CliRunner()

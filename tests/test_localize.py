@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from textloc.cli import app
-from textloc.localize import LocalizeConfig, localize
-from textloc.prompts import load_pairs, read_prompts, text_pairs
-from textloc.testing import build_tiny_pipeline, tiny_call_kwargs
+from textloc.apps.localize.sweep import LocalizeConfig, localize
+from textloc.cli.app import app
+from textloc.data.pairs import load_pairs, read_prompts, text_pairs
+from textloc.models.tiny import build_tiny_pipeline, tiny_call_kwargs
 
 STUB = textwrap.dedent(
     '''
@@ -110,9 +110,9 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path) -> None:
         torch.set_num_threads(1)
         sys.path.insert(0, {str(tmp_path)!r})
         from stub_reader import make_stub_reader
-        from textloc.localize import LocalizeConfig, localize
-        from textloc.prompts import text_pairs
-        from textloc.testing import build_tiny_pipeline, tiny_call_kwargs
+        from textloc.apps.localize.sweep import LocalizeConfig, localize
+        from textloc.data.pairs import text_pairs
+        from textloc.models.tiny import build_tiny_pipeline, tiny_call_kwargs
         pipe = build_tiny_pipeline("sd15")
         kwargs = dict(tiny_call_kwargs("sd15"))
         cfg = LocalizeConfig(model="tiny:sd15", prompts="file", n_pairs=6, steps=2, chunk_size=2, ocr="stub")
@@ -186,11 +186,11 @@ def test_cli_bad_input(tmp_path, monkeypatch, capsys, content, extra, message) -
         (tmp_path / "p.txt").write_text(content)
         args += ["--prompts", "p.txt"]
     args += extra
-    from textloc import cli
+    from textloc.cli.app import main as cli_main
 
     monkeypatch.setattr(sys, "argv", ["textloc", *args])
     with pytest.raises(SystemExit) as info:
-        cli.main()
+        cli_main()
     err = capsys.readouterr().err
     assert info.value.code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
@@ -210,7 +210,7 @@ def test_cli_localize_help_runs() -> None:
 
 
 
-@pytest.mark.parametrize("arch", __import__("textloc.testing", fromlist=["x"]).TINY_ARCHITECTURES)
+@pytest.mark.parametrize("arch", __import__("textloc.models.tiny", fromlist=["x"]).TINY_ARCHITECTURES)
 def test_short_localize_run_on_every_tiny_architecture(arch: str) -> None:
     """Plumbing only (tiny random models render no text): a reader that reports the source text."""
     pipe = build_tiny_pipeline(arch)
@@ -219,7 +219,7 @@ def test_short_localize_run_on_every_tiny_architecture(arch: str) -> None:
     kwargs.pop("true_cfg_scale", None)
     kwargs.pop("image", None)
     if arch == "if2":
-        from textloc.testing import tiny_low_res_image
+        from textloc.models.tiny import tiny_low_res_image
 
         kwargs["image"] = tiny_low_res_image(2)
     pairs = text_pairs(PROMPTS[:2], 2, seed=0)
@@ -231,7 +231,7 @@ def test_short_localize_run_on_every_tiny_architecture(arch: str) -> None:
 
 
 def test_clip_t_is_scored_when_weights_are_given(tmp_path) -> None:
-    from textloc.testing import build_tiny_clip
+    from textloc.models.tiny import build_tiny_clip
 
     pipe = build_tiny_pipeline("sd15")
     kwargs = dict(tiny_call_kwargs("sd15"))
@@ -245,7 +245,7 @@ def test_clip_t_is_scored_when_weights_are_given(tmp_path) -> None:
 
 def test_prefix_reuse_gives_the_same_records_and_skips_steps(tmp_path, monkeypatch) -> None:
     """With a start step, batches of one pair chunk share their first steps; records are unchanged."""
-    from textloc.prefix import PrefixCache
+    from textloc.core.prefix import PrefixCache
 
     hits = []
     lookup = PrefixCache.lookup

@@ -1,4 +1,4 @@
-"""Hand-worked cases for textloc.metrics (text, image preservation, CLIP-T on a tiny offline CLIP)."""
+"""Hand-worked cases for textloc.eval.metrics (text, image preservation, CLIP-T on a tiny offline CLIP)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from textloc.metrics import (
+from textloc.eval.metrics import (
     WordScores,
     aggregate_word_scores,
     clip_t_score,

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from textloc.metrics import normalize_text
-from textloc.ocr import (
+from textloc.eval.metrics import normalize_text
+from textloc.eval.ocr import (
     UPPERCASE,
     EasyOCRBackend,
     OCRBackend,

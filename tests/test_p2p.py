@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from textloc.embedded.pipeline import build_untrained
+from textloc.apps.p2p import P2PConfig, P2PController, align_tokens, check_supported, p2p_edit, token_ids
+from textloc.core.layers import get_denoiser
 from textloc.errors import InputError, PlanMismatchError, UnsupportedModelError
-from textloc.layers import get_denoiser
-from textloc.p2p import P2PConfig, P2PController, align_tokens, check_supported, p2p_edit, token_ids
-from textloc.testing import build_tiny_pipeline, tiny_call_kwargs
+from textloc.models.embedded.pipeline import build_untrained
+from textloc.models.tiny import build_tiny_pipeline, tiny_call_kwargs
 
 PROMPT = 'a red sign with white serif letters that says "CAT"'
 TARGET = PROMPT.replace("CAT", "DOG")

@@ -14,8 +14,7 @@ import pytest
 import torch
 from conftest import run_main
 
-from textloc.errors import InputError
-from textloc.safety import (
+from textloc.apps.safety.core import (
     BENIGN_WORDS,
     DefaultReplacer,
     LLMClient,
@@ -35,6 +34,7 @@ from textloc.safety import (
     rendered_spans,
     run_safety_bench,
 )
+from textloc.errors import InputError
 
 TOXICBENCH = Path("/work/shared/benchmarks/toxicbench/words/train")
 EMBEDDED_LIMITS = RenderLimits(6, frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ "), True)
@@ -47,7 +47,7 @@ def detector() -> OfflineDetector:
 
 @cache
 def embedded_pipe():
-    from textloc.embedded.pipeline import build_untrained
+    from textloc.models.embedded.pipeline import build_untrained
 
     pipe = build_untrained()
     pipe.set_progress_bar_config(disable=True)
@@ -55,7 +55,7 @@ def embedded_pipe():
 
 
 def up_block_layers(pipe) -> list[str]:
-    from textloc.layers import list_text_layers
+    from textloc.core.layers import list_text_layers
 
     return [layer.name for layer in list_text_layers(pipe) if layer.name.startswith("up_blocks.0.")]
 
@@ -417,8 +417,8 @@ def test_safe_pipeline_clean_prompt_is_bit_identical() -> None:
 
 
 def test_safe_pipeline_flagged_prompt_is_patched_once() -> None:
-    from textloc.engine import generate
-    from textloc.plan import PatchPlan
+    from textloc.core.engine import generate
+    from textloc.core.plan import PatchPlan
 
     pipe = embedded_pipe()
     layers = up_block_layers(pipe)
@@ -547,7 +547,7 @@ def test_cli_bench_safety_empty_mapping(tmp_path, capsys) -> None:
 def test_cli_safe_writes_image_and_report(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from textloc.cli import app
+    from textloc.cli.app import app
 
     out = tmp_path / "run"
     (out).mkdir()

@@ -1,4 +1,4 @@
-"""Tests for :mod:`textloc.testing`: tiny offline pipelines and structure-faithful denoisers.
+"""Tests for :mod:`textloc.models.tiny`: tiny offline pipelines and structure-faithful denoisers.
 
 These builders are the foundation of every other attention-patching test, so the checks here are about the
 properties those tests rely on: the *real* diffusers classes and module names, end-to-end generation at square
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from textloc.testing import (
+from textloc.models.tiny import (
     STRUCTURE_FAITHFUL_DENOISERS,
     TINY_ARCHITECTURES,
     TINY_CALL_KWARGS,

@@ -39,7 +39,7 @@ WAIT_S = 40
 
 def test_ui_command_without_gradio_fails_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     """No gradio -> ``textloc ui`` raises an InputError naming the install command, before loading a model."""
-    from textloc.cli import app
+    from textloc.cli.app import app
 
     monkeypatch.setitem(sys.modules, "gradio", None)  # makes ``import gradio`` raise ImportError
     result = CliRunner().invoke(app, ["ui", "--model", "does-not-matter"])
@@ -51,7 +51,7 @@ def test_ui_command_without_gradio_fails_in_one_line(monkeypatch: pytest.MonkeyP
 def test_ui_command_without_gradio_prints_the_install_line(monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """What the user sees: exit code 2 and one stderr line with the exact install command."""
-    from textloc.cli import main
+    from textloc.cli.app import main
 
     monkeypatch.setitem(sys.modules, "gradio", None)
     monkeypatch.setattr(sys, "argv", ["textloc", "ui"])
@@ -108,11 +108,11 @@ def server() -> str:
 
     model = os.environ.get("TEXTLOC_UI_TEST_MODEL")
     if model:
-        from textloc.loading import load_pipeline
+        from textloc.models.loading import load_pipeline
 
         pipe = load_pipeline(model)
     else:
-        from textloc.embedded.pipeline import build_untrained
+        from textloc.models.embedded.pipeline import build_untrained
 
         pipe = build_untrained()
         pipe.set_progress_bar_config(disable=True)
@@ -294,7 +294,7 @@ def test_generate_then_edit_in_the_browser(browser, server: str, tmp_path: Path)
     link = _find(browser, "#edit-files a[href*='plan.json']").get_attribute("href")
     import urllib.request
 
-    from textloc.plan import PatchPlan
+    from textloc.core.plan import PatchPlan
 
     with urllib.request.urlopen(link, timeout=10) as response:  # noqa: S310 -- loopback URL from the page
         (tmp_path / "plan.json").write_bytes(response.read())

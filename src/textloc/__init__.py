@@ -5,14 +5,14 @@ The public API is re-exported here; everything else is an implementation detail.
 
 __version__ = "0.1.0"
 
-from .engine import PatchResult, generate
-from .errors import TextlocError
-from .layers import TextLayer, list_text_layers, model_fingerprint
-from .loading import load_pipeline
-from .localize import LocalizationResult, LocalizeConfig, localize
-from .plan import PatchPlan
-from .presets import PRESETS, choose_layers, get_preset
-from .prompts import load_pairs
+from textloc.apps.localize.sweep import LocalizationResult, LocalizeConfig, localize
+from textloc.core.engine import PatchResult, generate
+from textloc.core.layers import TextLayer, list_text_layers, model_fingerprint
+from textloc.core.plan import PatchPlan
+from textloc.data.pairs import load_pairs
+from textloc.errors import TextlocError
+from textloc.models.loading import load_pipeline
+from textloc.models.presets import PRESETS, choose_layers, get_preset
 
 __all__ = [
     "PRESETS", "LocalizationResult", "LocalizeConfig", "PatchPlan", "PatchResult", "TextLayer", "TextlocError",

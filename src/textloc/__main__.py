@@ -1,5 +1,5 @@
 """``python -m textloc`` (and ``accelerate launch -m textloc localize …``) runs the CLI."""
 
-from .cli import main
+from textloc.cli.app import main
 
 main()

@@ -2,8 +2,8 @@
 
 ``build_app(pipe)`` is the testable core: it takes an already-loaded pipeline (loaded once, at startup, by
 ``textloc ui``) and returns a ``gr.Blocks``. Every control maps onto the public Python API -- Generate calls the
-pipeline (wrapped in :class:`textloc.safety.SafeTextPipeline` in safe mode), Edit calls
-:func:`textloc.edit.edit_text` -- so the app adds no behaviour of its own beyond validation and display.
+pipeline (wrapped in :class:`textloc.apps.safety.core.SafeTextPipeline` in safe mode), Edit calls
+:func:`textloc.apps.edit.core.edit_text` -- so the app adds no behaviour of its own beyond validation and display.
 
 Bad input never reaches the user as a traceback: every ``TextlocError`` (and any unexpected exception) is shown
 as a readable message in the page's status line and as a warning toast, and the server keeps running.
@@ -32,7 +32,7 @@ from typing import Any
 
 from PIL import Image
 
-from .errors import InputError, TextlocError
+from textloc.errors import InputError, TextlocError
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class UIState:
         """The OCR reader, built once (its engine loads on the first read, not at startup)."""
         if self._ocr is None and self._ocr_spec not in (None, "none"):
             if isinstance(self._ocr_spec, str):
-                from .ocr import get_ocr_backend
+                from textloc.eval.ocr import get_ocr_backend
 
                 try:
                     self._ocr = get_ocr_backend(self._ocr_spec)
@@ -129,7 +129,7 @@ class UIState:
     def detector(self) -> Any:
         """One ``OfflineDetector`` for every safe-mode request (its word lists load once)."""
         if self._detector is None:
-            from .safety import OfflineDetector
+            from textloc.apps.safety.core import OfflineDetector
 
             self._detector = OfflineDetector()
         return self._detector
@@ -161,7 +161,7 @@ def _pipeline_defaults(pipe: Any) -> tuple[int, float]:
 
 def _preset_error(pipe: Any) -> str | None:
     """Why ``layers="preset"`` does not fit ``pipe`` (no published preset, no shipped localization), or None."""
-    from .presets import choose_layers
+    from textloc.models.presets import choose_layers
 
     try:
         choose_layers(pipe, "preset")
@@ -229,7 +229,7 @@ def _call_kwargs(state: UIState, seed: Any, steps: Any, guidance: Any, progress:
 
 def _text_notes(pipe: Any, prompt: str) -> list[str]:
     """Warnings about the prompt's quoted text (none to edit later, or not renderable by this model)."""
-    from .edit import check_new_text, quoted_spans
+    from textloc.apps.edit.core import check_new_text, quoted_spans
 
     spans = quoted_spans(prompt)
     if not spans:
@@ -296,7 +296,7 @@ def build_app(pipe: Any, *, model_name: str = "embedded", ocr: Any = "rapidocr",
     r"""The web app around an already-loaded pipeline.
 
     Args:
-        pipe: a pipeline textloc supports (``textloc.loading.load_pipeline``), loaded once by the caller.
+        pipe: a pipeline textloc supports (``textloc.models.loading.load_pipeline``), loaded once by the caller.
         model_name: shown in the page header.
         ocr: OCR backend name, an object with ``read(images)``, or ``None`` (the metrics then say n/a).
         prompt: the prompt the page starts with.
@@ -306,7 +306,7 @@ def build_app(pipe: Any, *, model_name: str = "embedded", ocr: Any = "rapidocr",
         A ``gr.Blocks``; ``.queue().launch(...)`` serves it (``launch`` does that).
     """
     gr = require_gradio()
-    from .edit import default_start_step, edit_text, quoted_spans, replace_quoted
+    from textloc.apps.edit.core import default_start_step, edit_text, quoted_spans, replace_quoted
 
     state = UIState(pipe, ocr)
     steps = steps or state.steps
@@ -339,7 +339,7 @@ def build_app(pipe: Any, *, model_name: str = "embedded", ocr: Any = "rapidocr",
                 progress(0, desc="Generating")
                 t0 = time.perf_counter()
                 if safe:
-                    from .safety import SafeTextPipeline
+                    from textloc.apps.safety.core import SafeTextPipeline
 
                     safe_pipe = SafeTextPipeline(pipe, layers=(layers or "").strip() or "preset",
                                                  detector=state.detector)
@@ -350,7 +350,7 @@ def build_app(pipe: Any, *, model_name: str = "embedded", ocr: Any = "rapidocr",
                 seconds = time.perf_counter() - t0
             image = output.images[0]
             if not isinstance(image, Image.Image):
-                from .edit import to_pil
+                from textloc.apps.edit.core import to_pil
 
                 image = to_pil(image)
             files = [_save_png(image, folder / "generated.png")]
@@ -382,8 +382,8 @@ def build_app(pipe: Any, *, model_name: str = "embedded", ocr: Any = "rapidocr",
             start_step = None if start in (None, "") else _int(start, "the start step", 0)  # blank: default
             layer_spec = (layers or "").strip() or "preset"
             if safe:
-                from .edit import check_new_text
-                from .safety import check_prompt
+                from textloc.apps.edit.core import check_new_text
+                from textloc.apps.safety.core import check_prompt
 
                 target = replace_quoted(text, check_new_text(pipe, new or ""), span)
                 for which, candidate in (("prompt", text), ("new text", target)):

@@ -1,0 +1,430 @@
+"""Localization: find the smallest set of text layers whose patching turns the rendered text into the target.
+
+The sweep, as in the paper: for every text layer *alone*, generate each validation source prompt with the
+target prompt patched into that layer, read the image (OCR for text; pixel readers for the embedded model's
+style and colours) and score it against the target. The bounds are patching *no* layer (the source itself)
+and *all* layers; the target prompt's own generation is recorded as a reference. Layers are ranked by score,
+and the cumulative sets "k best layers" are scored too; the chosen set is the smallest k whose score reaches
+``fraction`` (default 0.9) of the all-layers score.
+
+Records are appended to ``results.jsonl`` one work item (variant x chunk of pairs) at a time, each item with
+fixed pair boundaries and per-pair seeds, so a run killed at any point resumes where it stopped and ends
+with exactly the records an uninterrupted run writes. Under ``accelerate launch`` the work items are sharded
+across processes (``item % world_size``); rank files are merged into ``results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from textloc import __version__
+from textloc.core.engine import default_steps, generate
+from textloc.core.layers import TextLayer, get_denoiser, list_text_layers, model_fingerprint, resolve_layers
+from textloc.core.plan import PatchPlan
+from textloc.core.prefix import PrefixCache
+from textloc.data.pairs import PromptPair
+from textloc.errors import InputError
+from textloc.runs.io import append_jsonl, atomic_write_json, read_jsonl
+
+Reader = Callable[[Sequence[Any], Sequence[PromptPair]], list[str]]
+
+
+@dataclass
+class LocalizeConfig:
+    """Everything that determines a localization run's records (stored in ``config.json`` for resume)."""
+
+    model: str = "embedded"
+    prompts: str = "embedded"
+    attribute: str = "text"
+    n_pairs: int = 32
+    seed: int = 0
+    steps: int | None = None
+    guidance: float | None = None
+    start_step: int = 0
+    branches: str = "both"
+    ocr: str = "rapidocr"
+    fraction: float = 0.9
+    chunk_size: int = 8
+    batch_size: int = 64  # prompts per pipeline call: variants x pairs of a chunk run as rows of one batch
+    layers: list[str] | None = None
+    curve: list[int] | None = None
+    clip: str | None = None  # local CLIP folder: adds CLIP-T of each image against the target prompt
+    prefix_reuse: bool = True  # with start_step > 0: batches of one pair chunk share their first steps
+
+    def fingerprint(self) -> str:
+        # Neither the selection fraction nor prefix reuse (bit-identical by construction) changes a record.
+        keep = {k: v for k, v in asdict(self).items() if k not in ("fraction", "prefix_reuse")}
+        return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class LocalizationResult:
+    """What a localization run found; ``summary`` is what ``summary.json`` holds."""
+
+    summary: dict[str, Any]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def chosen_layers(self) -> list[str]:
+        return list(self.summary["chosen_layers"])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Scoring
+
+
+def score_text(image: Any, read: str, pair: PromptPair, source_image: Any) -> dict[str, Any]:
+    """OCR scores of one patched image against the target text and the source text, plus preservation."""
+    from textloc.eval.metrics import mse, normalize_text, ocr_word_scores, psnr, ssim
+
+    target = ocr_word_scores(read, pair.target_value)
+    source = ocr_word_scores(read, pair.source_value)
+    return {
+        "read": normalize_text(read),
+        "exact": bool(target.exact),
+        "f1": float(target.f1),
+        "precision": float(target.precision),
+        "recall": float(target.recall),
+        "cer": float(target.cer),
+        "edit_distance": int(target.edit_distance),
+        "source_exact": bool(source.exact),
+        "mse": float(mse(image, source_image)),
+        "ssim": float(ssim(image, source_image)),
+        "psnr": _finite(psnr(image, source_image)),
+    }
+
+
+def score_attribute(image: Any, read: str, pair: PromptPair, source_image: Any) -> dict[str, Any]:
+    from textloc.eval.metrics import mse, psnr, ssim
+
+    return {
+        "read": read,
+        "exact": read == pair.target_value,
+        "f1": float(read == pair.target_value),
+        "source_exact": read == pair.source_value,
+        "mse": float(mse(image, source_image)),
+        "ssim": float(ssim(image, source_image)),
+        "psnr": _finite(psnr(image, source_image)),
+    }
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: identical images (PSNR = inf) are stored as null and reported as such."""
+    return None if math.isinf(value) else float(value)
+
+
+def make_reader(attribute: str, ocr: str, embedded: bool = False) -> Reader:
+    """The reader for ``attribute``: OCR for text; pixel readers (embedded model only) for the others."""
+    if attribute == "text":
+        from textloc.eval.ocr import embedded_reader, get_ocr_backend
+
+        backend = embedded_reader(ocr) if embedded else get_ocr_backend(ocr)  # same choice as ocr.reader_for
+        return lambda images, _pairs: backend.read(list(images))
+    from textloc.models.embedded import readers
+
+    if attribute == "style":
+        return lambda images, pairs: [readers.font(im, _text_of(p)) for im, p in zip(images, pairs, strict=True)]
+    if attribute == "colour":
+        return lambda images, _pairs: [readers.text_colour(im) or "" for im in images]
+    if attribute == "background":
+        return lambda images, _pairs: [readers.background_colour(im) for im in images]
+    raise InputError(f"Expected --attribute in text, style, colour, background, but got {attribute!r}")
+
+
+def _text_of(pair: PromptPair) -> str:
+    import re
+
+    match = re.search(r'"([^"]+)"', pair.source)
+    return match.group(1).upper() if match else ""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Work items and the results file
+
+
+def _variants(layers: list[TextLayer]) -> list[tuple[str, list[str]]]:
+    """Phase-1 variants: no patch, each layer alone, all layers, and the target's own generation."""
+    out = [("none", []), ("target", [])]
+    out += [(f"layer:{layer.name}", [layer.name]) for layer in layers]
+    out.append(("all", [layer.name for layer in layers]))
+    return out
+
+
+def _read_records(out: Path) -> list[dict[str, Any]]:
+    records = {(r["variant"], r["pair"]): r for path in sorted(out.glob("results*.jsonl")) for r in read_jsonl(path)}
+    return list(records.values())
+
+
+def _distributed() -> tuple[int, int, Callable[[], None]]:
+    """(rank, world size, barrier) from accelerate when launched with it; (0, 1, no-op) otherwise."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, lambda: None
+    from accelerate import PartialState
+
+    state = PartialState()
+    return state.process_index, state.num_processes, state.wait_for_everyone
+
+
+class Localizer:
+    """Runs the sweep for one pipeline; see the module docstring."""
+
+    def __init__(self, pipe: Any, pairs: list[PromptPair], config: LocalizeConfig, out: str | Path | None,
+                 reader: Reader | None = None, call_kwargs: dict[str, Any] | None = None) -> None:
+        if len(pairs) == 0:
+            raise InputError("No prompt pairs to localize with")
+        self.pipe, self.pairs, self.config = pipe, pairs, config
+        self.out = Path(out) if out is not None else None
+        from textloc.models.embedded.pipeline import EmbeddedTextPipeline
+
+        self.reader = reader or make_reader(config.attribute, config.ocr, isinstance(pipe, EmbeddedTextPipeline))
+        self.scorer = score_text if config.attribute == "text" else score_attribute
+        self.layers = resolve_layers(pipe, config.layers) if config.layers else list_text_layers(pipe)
+        self.steps = config.steps or default_steps(pipe)
+        self.call_kwargs = dict(call_kwargs or {})
+        self.call_kwargs["num_inference_steps"] = self.steps
+        if config.guidance is not None:
+            self.call_kwargs["guidance_scale"] = config.guidance
+        self.rank, self.world, self.barrier = _distributed()
+        self._none_group: list[tuple[str, list[str]]] = [("none", [])]
+        self.records: dict[tuple[str, str], dict[str, Any]] = {}
+        self.images: dict[tuple[str, str], Any] = {}
+        # Every batch of one pair chunk has the same prompts and noise before the start step, whatever layers
+        # its rows patch: those denoiser calls are computed once (prefix.PrefixCache; kept per chunk).
+        self.prefix = PrefixCache(config.start_step) if config.prefix_reuse and config.start_step > 0 else None
+        self._prefix_chunk: tuple[str, ...] = ()
+
+    # -- generation ---------------------------------------------------------------------------------------
+    def _generate(self, variant: str, names: list[str], pairs: list[PromptPair]) -> list[Any]:
+        images = self._generate_batch([(variant, names)], pairs)
+        return [images[(variant, p.key)] for p in pairs]
+
+    def _generate_batch(self, variants: list[tuple[str, list[str]]], pairs: list[PromptPair]) -> dict:
+        """Every (variant, pair) of the group as one row of one batched call; each row has its own noise."""
+        rows = [(v, names, p) for v, names in variants for p in pairs]
+        if self.prefix is not None and tuple(p.key for p in pairs) != self._prefix_chunk:
+            self.prefix.clear()
+            self._prefix_chunk = tuple(p.key for p in pairs)
+        prompts = [p.target if v == "target" else p.source for v, _, p in rows]
+        kwargs = {**self.call_kwargs, "generator": [torch.Generator().manual_seed(p.seed) for _, _, p in rows]}
+        union = sorted({name for _, names, _ in rows for name in names})
+        if not union:
+            images = list(generate(self.pipe, prompts, None, prefix=self.prefix, **kwargs).images)
+        else:
+            plan = PatchPlan(layers=union, start_step=self.config.start_step, branches=self.config.branches)
+            images = list(generate(self.pipe, prompts, plan, target_prompt=[p.target for _, _, p in rows],
+                                   row_layers=[names for _, names, _ in rows], prefix=self.prefix,
+                                   **kwargs).images)
+        return {(v, p.key): image for (v, _, p), image in zip(rows, images, strict=True)}
+
+    def _source_images(self, pairs: list[PromptPair]) -> list[Any]:
+        """The unpatched source images, exactly as the item holding the "none" rows of this chunk made them.
+
+        After a resume they are regenerated with that item's batch composition, so preservation scores are
+        bit-identical to an uninterrupted run's.
+        """
+        if any(("none", p.key) not in self.images for p in pairs):
+            self.images.update(self._generate_batch(self._none_group, pairs))
+        return [self.images[("none", p.key)] for p in pairs]
+
+    def _run_item(self, variants: list[tuple[str, list[str]]], pairs: list[PromptPair], path: Path | None) -> None:
+        start = time.perf_counter()
+        images = self._generate_batch(variants, pairs)
+        seconds = (time.perf_counter() - start) / len(images)
+        self.images.update(images)
+        sources = self._source_images(pairs)
+        clip_scores = self._clip_t(images, variants, pairs)
+        records = []
+        for variant, names in variants:
+            batch = [images[(variant, p.key)] for p in pairs]
+            reads = self.reader(batch, pairs)
+            for pair, image, source, read in zip(pairs, batch, sources, reads, strict=True):
+                record = {"variant": variant, "pair": pair.key, "layers": names, "k": len(names),
+                          "target_value": pair.target_value, "source_value": pair.source_value,
+                          "seconds_per_image": seconds, **self.scorer(image, read, pair, source)}
+                if clip_scores is not None:
+                    record["clip_t"] = clip_scores[(variant, pair.key)]
+                records.append(record)
+                self.records[(variant, pair.key)] = record
+        if path is not None:
+            append_jsonl(path, records)
+
+    def _run_variants(self, variants: list[tuple[str, list[str]]], desc: str) -> None:
+        chunk = max(1, self.config.chunk_size)
+        group = max(1, self.config.batch_size // chunk)
+        if variants and variants[0][0] == "none":
+            self._none_group = variants[:group]
+        items = [(variants[g : g + group], self.pairs[i : i + chunk]) for i in range(0, len(self.pairs), chunk)
+                 for g in range(0, len(variants), group)]
+        path = None
+        if self.out is not None:
+            path = self.out / ("results.jsonl" if self.world == 1 else f"results.rank{self.rank}.jsonl")
+        todo = [(i, item) for i, item in enumerate(items) if i % self.world == self.rank
+                and not all((v, p.key) in self.records for v, _ in item[0] for p in item[1])]
+        for _, (group_variants, pairs) in tqdm(todo, desc=desc, disable=not todo or self.rank != 0,
+                                               dynamic_ncols=True):
+            self._run_item(group_variants, pairs, path)
+        self.barrier()
+        if self.out is not None and self.world > 1:
+            for record in _read_records(self.out):
+                self.records.setdefault((record["variant"], record["pair"]), record)
+
+    # -- the sweep ----------------------------------------------------------------------------------------
+    def run(self) -> LocalizationResult:
+        self._prepare_out()
+        self._run_variants(_variants(self.layers), "localize: single layers")
+        ranking = self._ranking()
+        curve_ks = self._curve_ks()
+        cumulative = [(f"top:{k}", [name for name, _ in ranking[:k]]) for k in curve_ks
+                      if 1 < k < len(self.layers)]
+        self._run_variants(cumulative, "localize: k best layers")
+        summary = self._summary(ranking, curve_ks)
+        if self.out is not None and self.rank == 0:
+            from textloc.apps.localize.report import write_report
+
+            self._ensure_examples([r["name"] for r in (summary["ranking"][0], summary["ranking"][-1])])
+
+            atomic_write_json(self.out / "summary.json", summary)
+            write_report(self.out, summary, self.records, self.images, self.pairs)
+        return LocalizationResult(summary, sorted(self.records.values(), key=lambda r: (r["variant"], r["pair"])))
+
+    def _clip_t(self, images: dict, variants: list[tuple[str, list[str]]], pairs: list[PromptPair]) -> dict | None:
+        """CLIP-T of every image against its target prompt, when the user gave CLIP weights (never downloaded)."""
+        if not self.config.clip:
+            return None
+        from textloc.eval.metrics import clip_t_score, load_clip
+
+        model, processor = load_clip(self.config.clip)
+        keys = [(v, p.key) for v, _ in variants for p in pairs]
+        targets = {p.key: p.target for p in pairs}
+        scores = clip_t_score([images[k] for k in keys], [targets[k[1]] for k in keys], model, processor)
+        return dict(zip(keys, scores, strict=True))
+
+    def _ensure_examples(self, layer_names: list[str], n: int = 6) -> None:
+        """Regenerate (deterministically) example images a resumed run no longer holds in memory."""
+        pairs = self.pairs[:n]
+        for variant, names in [("none", []), ("target", [])] + [(f"layer:{x}", [x]) for x in layer_names]:
+            missing = [p for p in pairs if (variant, p.key) not in self.images]
+            if missing:
+                for pair, image in zip(missing, self._generate(variant, names, missing), strict=True):
+                    self.images[(variant, pair.key)] = image
+
+    def _prepare_out(self) -> None:
+        if self.out is None:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        config_path = self.out / "config.json"
+        fingerprint = {"config": asdict(self.config), "config_hash": self.config.fingerprint(),
+                       "model_fingerprint": model_fingerprint(self.pipe), "pairs": [p.key for p in self.pairs]}
+        if config_path.exists():
+            previous = json.loads(config_path.read_text())
+            if (previous.get("config_hash"), previous.get("model_fingerprint"), previous.get("pairs")) != (
+                fingerprint["config_hash"], fingerprint["model_fingerprint"], fingerprint["pairs"]
+            ):
+                raise InputError(
+                    f"{self.out} holds a localization run with another model or settings; use a new --out folder"
+                )
+            for record in _read_records(self.out):
+                self.records[(record["variant"], record["pair"])] = record
+        elif self.rank == 0:
+            atomic_write_json(config_path, fingerprint)
+        self.barrier()
+
+    def _score(self, variant: str, key: str = "exact") -> float:
+        values = [float(r[key]) for (v, _), r in self.records.items() if v == variant and r.get(key) is not None]
+        return float(np.mean(values)) if values else float("nan")
+
+    def _ranking(self) -> list[tuple[str, float]]:
+        scored = [(layer.name, self._score(f"layer:{layer.name}"), self._score(f"layer:{layer.name}", "f1"))
+                  for layer in self.layers]
+        # Rank by exact-match rate, break ties by F1, then by execution order (stable sort).
+        scored.sort(key=lambda item: (-item[1], -item[2]))
+        return [(name, score) for name, score, _ in scored]
+
+    def _curve_ks(self) -> list[int]:
+        n = len(self.layers)
+        ks = self.config.curve or [0, 1, 2, 3, 10, 30, n]
+        return sorted({k for k in ks if 0 <= k <= n} | {0, 1, n} | set(range(1, min(n, 8) + 1)))
+
+    def _summary(self, ranking: list[tuple[str, float]], curve_ks: list[int]) -> dict[str, Any]:
+        n = len(self.layers)
+        variant_of = {0: "none", 1: f"layer:{ranking[0][0]}", n: "all"}
+        curve = []
+        for k in curve_ks:
+            variant = variant_of.get(k, f"top:{k}")
+            curve.append({"k": k, "variant": variant, "exact": self._score(variant), "f1": self._score(variant, "f1"),
+                          "layers": [name for name, _ in ranking[:k]]})
+        all_score = self._score("all")
+        threshold = self.config.fraction * all_score
+        chosen_k = next((p["k"] for p in curve if p["k"] > 0 and p["exact"] >= threshold), n)
+        chosen = [name for name, _ in ranking[:chosen_k]]
+        by_name = {layer.name: layer for layer in self.layers}
+        denoiser_params = sum(p.numel() for p in get_denoiser(self.pipe).parameters())
+        chosen_params = sum(by_name[name].params for name in chosen)
+        per_layer = []
+        for layer in self.layers:
+            variant = f"layer:{layer.name}"
+            per_layer.append({
+                "index": layer.index, "name": layer.name, "kind": layer.kind, "params": layer.params,
+                **{metric: self._score(variant, metric) for metric in ("exact", "f1", "cer", "source_exact", "mse",
+                                                                       "ssim", "psnr", "clip_t")},
+            })
+        bounds = {v: {m: self._score(v, m) for m in ("exact", "f1", "cer", "source_exact", "mse", "ssim", "psnr")}
+                  for v in ("none", "all", "target")}
+        return {
+            "model_fingerprint": model_fingerprint(self.pipe),
+            "chosen_layers": chosen,
+            "chosen_indices": [by_name[name].index for name in chosen],
+            "chosen_params": chosen_params,
+            "chosen_share": chosen_params / denoiser_params,
+            "all_layers_score": all_score,
+            "threshold": threshold,
+            "fraction": self.config.fraction,
+            "ranking": [{"name": name, "exact": score} for name, score in ranking],
+            "curve": curve,
+            "per_layer": per_layer,
+            "bounds": bounds,
+            "n_pairs": len(self.pairs),
+            "n_layers": n,
+            "config": asdict(self.config),
+            "versions": _versions(),
+        }
+
+
+def _versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    return {"textloc": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version(),
+            "machine": platform.machine()}
+
+
+def localize(pipe: Any, pairs: list[PromptPair], config: LocalizeConfig | None = None, *,
+             out: str | Path | None = None, reader: Reader | None = None, **call_kwargs: Any) -> LocalizationResult:
+    r"""Find the text layers of ``pipe`` that control ``config.attribute``.
+
+    Args:
+        pipe: a supported diffusers pipeline.
+        pairs: (source, target) prompt pairs, e.g. from ``prompts.load_pairs``.
+        config: sweep settings (steps, start step, CFG branches, OCR backend, selection fraction …).
+        out: folder for ``results.jsonl``, ``summary.json``, plots and ``report.html``; resumes a compatible run.
+        reader: images, pairs -> strings; defaults to OCR (text) or the embedded pixel readers.
+        call_kwargs: extra pipeline call arguments (e.g. ``height``/``width`` for a latent model).
+
+    Returns:
+        ``LocalizationResult`` whose ``summary`` is the content of ``summary.json``.
+    """
+    return Localizer(pipe, pairs, config or LocalizeConfig(), out, reader, call_kwargs).run()

@@ -1,0 +1,126 @@
+"""Load a pipeline from what a user types after ``--model``.
+
+* ``embedded`` (the default): textloc's own model, shipped inside the package.
+* a local folder written by ``save_pretrained`` (must contain ``model_index.json``).
+* a Hugging Face hub id (``stabilityai/stable-diffusion-xl-base-1.0``): works for users who are online; an
+  offline machine gets a one-line ``ModelLoadError`` instead of a traceback.
+* ``tiny:ARCH``: a tiny random pipeline built offline (``textloc.models.tiny``), for trying the tools without
+  weights; ``faithful:NAME`` gives only the structure-faithful denoiser of a real model (layer tables only).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from textloc.errors import ModelLoadError
+
+EMBEDDED_DIR = Path(__file__).parent / "embedded" / "weights"
+
+
+def _dtype(name: str | None) -> torch.dtype | None:
+    if name in (None, "auto"):
+        return None
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if name not in table:
+        raise ModelLoadError(f"Expected dtype in {sorted(table)}, but got {name!r}")
+    return table[name]
+
+
+def load_embedded(directory: str | Path | None = None) -> Any:
+    """The embedded text-rendering pipeline (``EmbeddedTextPipeline``) on the CPU."""
+    from textloc.models.embedded.pipeline import EmbeddedTextPipeline
+
+    directory = Path(directory) if directory else EMBEDDED_DIR
+    if not (directory / "model_index.json").exists():
+        raise ModelLoadError(
+            f"The embedded model's weights are missing in {directory}; train them with `textloc train-embedded`"
+        )
+    pipe = EmbeddedTextPipeline.from_pretrained_dir(directory)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_pipeline(model: str = "embedded", *, device: str | None = None, dtype: str | None = None) -> Any:
+    r"""Load a diffusers pipeline.
+
+    Args:
+        model: ``"embedded"``, a local diffusers folder, a hub id, ``"tiny:ARCH"`` or ``"faithful:NAME"``.
+        device: ``"cpu"``, ``"cuda"`` …; default CPU.
+        dtype: ``"float32"``, ``"float16"``, ``"bfloat16"``; default the checkpoint's.
+
+    Raises:
+        ModelLoadError: with a one-line reason.
+    """
+    if model == "embedded":
+        pipe = load_embedded()
+    elif model.startswith("tiny:"):
+        from textloc.models.tiny import TINY_ARCHITECTURES, build_tiny_pipeline
+
+        arch = model.split(":", 1)[1]
+        if arch not in TINY_ARCHITECTURES:
+            raise ModelLoadError(f"Unknown tiny architecture {arch!r}; expected one of {list(TINY_ARCHITECTURES)}")
+        pipe = build_tiny_pipeline(arch)
+    elif model.startswith("faithful:"):
+        from textloc.models.tiny import build_structure_faithful_denoiser
+
+        try:
+            return build_structure_faithful_denoiser(model.split(":", 1)[1])
+        except (KeyError, ValueError) as err:
+            raise ModelLoadError(str(err).strip("'\"")) from None
+    else:
+        pipe = _load_diffusers(model, _dtype(dtype))
+    if device:
+        pipe = pipe.to(device)
+    return pipe
+
+
+def _load_diffusers(model: str, dtype: torch.dtype | None) -> Any:
+    from diffusers import DiffusionPipeline
+
+    path = Path(model).expanduser()
+    kwargs: dict[str, Any] = {} if dtype is None else {"torch_dtype": dtype}
+    if path.exists():
+        if not (path / "model_index.json").exists():
+            raise ModelLoadError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+        if (path / "tokenizer" / "tokenizer.json").exists() and "EmbeddedTextPipeline" in (
+            path / "model_index.json"
+        ).read_text():
+            return load_embedded(path)
+        try:
+            return DiffusionPipeline.from_pretrained(str(path), **kwargs)
+        except Exception as err:  # diffusers raises many types for broken folders
+            raise ModelLoadError(f"Could not load the pipeline in {path}: {_first_line(err)}") from None
+    if model.count("/") != 1 or model.startswith((".", "/")):
+        raise ModelLoadError(
+            f"{model!r} is neither 'embedded', an existing folder, nor a hub id of the form 'owner/name'"
+        )
+    from diffusers.utils import logging as diffusers_logging
+
+    previous = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # keep failures to our one line, not diffusers' retries
+    try:
+        return DiffusionPipeline.from_pretrained(model, **kwargs)
+    except Exception as err:
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or _looks_offline(err):
+            raise ModelLoadError(
+                f"Could not download {model!r}: this machine cannot reach the Hugging Face hub and the model is "
+                "not in the local cache; download it elsewhere and pass its folder"
+            ) from None
+        raise ModelLoadError(f"Could not load {model!r}: {_first_line(err)}") from None
+    finally:
+        diffusers_logging.set_verbosity(previous)
+
+
+def _looks_offline(err: Exception) -> bool:
+    text = f"{type(err).__name__} {err}".lower()
+    return any(word in text for word in ("connect", "offline", "resolve", "timed out", "network", "cannot find"))
+
+
+def _first_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
