@@ -40,6 +40,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from textloc.errors import OCRUnavailableError, UnknownBackendError
+
 __all__ = [
     "OCRBackend",
     "OCRUnavailableError",
@@ -55,10 +57,6 @@ __all__ = [
     "UPPERCASE",
     "UPPERCASE_DIGITS",
 ]
-
-
-class OCRUnavailableError(RuntimeError):
-    """An OCR backend cannot run here (missing package, binary or weights)."""
 
 
 @runtime_checkable
@@ -594,7 +592,7 @@ def get_ocr_backend(name: str = "rapidocr", **kwargs: Any) -> OCRBackend:
     """Construct a backend by name. Construction is cheap: engines load on first ``read``."""
     key = name.lower().strip()
     if key not in _REGISTRY:
-        raise ValueError(f"Unknown OCR backend {name!r}; options: {', '.join(available_backends())}")
+        raise UnknownBackendError(f"Unknown OCR backend {name!r}; options: {', '.join(available_backends())}")
     return _REGISTRY[key](**kwargs)
 
 

@@ -38,7 +38,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from textloc.errors import InputError, TextlocError
+from textloc.errors import InputError, LLMError
 from textloc.runs.io import atomic_write_text, save_image_atomic
 
 DEFAULT_THRESHOLD = 0.5
@@ -393,10 +393,6 @@ def _best_reading(text: str) -> str:
 
 # ------------------------------------------------------------------------------------------------------------
 # LLM client (OpenAI-compatible chat completions, stdlib only)
-
-
-class LLMError(TextlocError):
-    """The configured LLM endpoint could not be reached or gave an answer that is not the JSON we asked for."""
 
 
 ENV_URL, ENV_MODEL, ENV_KEY, ENV_TIMEOUT = "TEXTLOC_LLM_URL", "TEXTLOC_LLM_MODEL", "TEXTLOC_LLM_API_KEY", \
