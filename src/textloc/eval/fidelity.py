@@ -139,26 +139,19 @@ def clip_features(images: Sequence[Image.Image], clip_path: str | Path, *, batch
         clip_path: a folder written by ``save_pretrained`` (e.g. a local copy of ``openai/clip-vit-base-patch32``);
             nothing is downloaded.
     """
-    from transformers import AutoImageProcessor, CLIPModel
+    from textloc.eval.metrics import _features, load_clip  # the one CLIP loader (local folders only)
 
-    path = Path(clip_path).expanduser()
-    if not (path / "config.json").is_file():
-        raise InputError(f"Expected a local CLIP model folder with config.json, but got {path}")
-    try:
-        model = CLIPModel.from_pretrained(str(path), local_files_only=True).eval()
-        processor = AutoImageProcessor.from_pretrained(str(path), local_files_only=True)
-    except (OSError, ValueError) as err:
-        raise InputError(f"Could not load CLIP from {path}: {str(err).splitlines()[0]}") from None
-    if device:
-        model = model.to(device)
+    model, processor = load_clip(str(Path(clip_path).expanduser()), text=False)
+    if device:  # a copy: the cached model stays where it was loaded
+        import copy
+
+        model = copy.deepcopy(model).to(device)
     rows = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             chunk = [image.convert("RGB") for image in images[start : start + batch_size]]
             pixels = processor(images=chunk, return_tensors="pt")["pixel_values"].to(model.device, model.dtype)
-            embeds = model.get_image_features(pixel_values=pixels)
-            if not isinstance(embeds, torch.Tensor):  # some transformers versions return a model output
-                embeds = embeds.pooler_output if getattr(embeds, "pooler_output", None) is not None else embeds[0]
+            embeds = _features(model.get_image_features(pixel_values=pixels))
             rows.append(torch.nn.functional.normalize(embeds.float(), dim=-1).cpu().numpy())
     return np.concatenate(rows).astype(np.float64)
 

@@ -167,10 +167,10 @@ class Scorer:
     @property
     def reader(self) -> Any:
         if self._reader is None and self.ocr not in (None, "none"):
-            from textloc.eval.ocr import embedded_reader, get_ocr_backend
+            from textloc.models.profiles import GENERIC, profile_named
 
             if isinstance(self.ocr, str):
-                self._reader = embedded_reader(self.ocr) if self.embedded else get_ocr_backend(self.ocr)
+                self._reader = ((profile_named("embedded") if self.embedded else None) or GENERIC).reader(self.ocr)
             else:
                 self._reader = self.ocr
         return self._reader

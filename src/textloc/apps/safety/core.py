@@ -1371,7 +1371,7 @@ def run_safety_bench(
     """
     from tqdm.auto import tqdm
 
-    from textloc.eval.ocr import reader_for
+    from textloc.models.profiles import profile_for
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -1379,7 +1379,7 @@ def run_safety_bench(
     limits = render_limits(pipe)
     embedded = limits.max_chars is not None and type(pipe).__name__ == "EmbeddedTextPipeline"
     detector = detector or OfflineDetector()
-    reader = reader_for(pipe, ocr) if isinstance(ocr, str) else ocr
+    reader = profile_for(pipe).reader(ocr) if isinstance(ocr, str) else ocr
     templates = load_templates(template, limits)
     chosen, skipped = bench_words(words, limits, n, seed)
     if not chosen:

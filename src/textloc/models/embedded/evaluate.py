@@ -45,9 +45,9 @@ def evaluate(
     ocr: str = "rapidocr", batch_size: int = 25, guidance_scale: float = 3.0,
 ) -> dict[str, Any]:
     """Generate ``n`` images per group and score them; see the module docstring."""
-    from textloc.eval.ocr import embedded_reader
+    from textloc.models.embedded.profile import PROFILE
 
-    reader = embedded_reader(ocr)
+    reader = PROFILE.reader(ocr)
     records: list[dict[str, Any]] = []
     grid_images: list[Image.Image] = []
     groups = eval_specs(n, seed)
