@@ -1,33 +1,43 @@
-"""Layer registry: which attention layers of a denoiser read text, in execution order.
+"""Layer table: which attention layers of a denoiser read text, in execution order, and its fingerprint.
 
-Architecture facts live in one table, ``ARCHITECTURES``, keyed by the denoiser's class name (the pattern of
-diffusers' ``hooks/_helpers.py``): how to recognise a text-reading attention module, which projections make
-its text keys and values, and whether those K/V are *static* (a function of the prompt only, as in U-Net
-cross-attention, where patching means injecting the target prompt's embeddings) or *dynamic* (the text
-tokens evolve block to block, as in MMDiT, where one must take K/V from the target prompt's own run).
+Per-class facts (how a text-reading module looks, which projections make its text K/V, dummy inputs) live in
+``textloc.core.arch.ARCHITECTURES``; this module turns them into the ``TextLayer`` table every application
+uses, and into ``model_fingerprint``, the string plans, localizations and presets are checked against.
 
 Execution order is found by tracing one forward pass of the denoiser on tiny dummy inputs with pre-hooks on
-every candidate module -- never by sorting names: a U-Net registers ``up_blocks`` before ``mid_block``.
+every candidate module -- never by sorting names: a U-Net registers ``up_blocks`` before ``mid_block``. The
+trace also runs on the ``meta`` device, so the table of a model can be read from its config.json alone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from textloc.core.arch import (
+    ADDED_KV,
+    ARCHITECTURES,
+    CROSS_ATTENTION,
+    JOINT_ATTENTION,
+    SINGLE_STREAM,
+    STATIC_KINDS,
+    SUPPORTED_FAMILIES,
+    Architecture,
+    architecture_of,
+)
 from textloc.errors import UnknownLayerError, UnsupportedModelError
 
-CROSS_ATTENTION = "cross_attention"  # U-Net / DiT cross-attention: K/V = to_k/to_v(text embeddings)
-ADDED_KV = "added_kv"  # DeepFloyd IF: image self-attention plus text K/V from add_k_proj/add_v_proj
-JOINT_ATTENTION = "joint_attention"  # MMDiT (SD3, FLUX double-stream): text K/V from add_k_proj/add_v_proj
-SINGLE_STREAM = "single_stream"  # FLUX single-stream: text is the first tokens of one sequence (to_k/to_v)
-STATIC_KINDS = frozenset({CROSS_ATTENTION, ADDED_KV})
+__all__ = [
+    "ADDED_KV", "ARCHITECTURES", "CROSS_ATTENTION", "JOINT_ATTENTION", "SINGLE_STREAM", "STATIC_KINDS",
+    "SUPPORTED_FAMILIES", "Architecture", "TextLayer", "architecture_of", "denoiser_config", "get_denoiser",
+    "list_text_layers", "model_fingerprint", "resolve_layers",
+]
 
 
 @dataclass(frozen=True)
@@ -52,156 +62,6 @@ class TextLayer:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """How one denoiser class takes text."""
-
-    family: str
-    classify: Callable[[str, nn.Module], str | None]
-    dummy_inputs: Callable[[nn.Module], tuple[tuple, dict]]
-    pooled_kwarg: str | None = None  # where the pooled text embedding enters, for `pooled=True` plans
-
-
-def _has(module: nn.Module, *names: str) -> bool:
-    return all(getattr(module, n, None) is not None for n in names)
-
-
-def _classify_unet(name: str, module: nn.Module) -> str | None:
-    if not _has(module, "to_q", "heads"):
-        return None
-    if _has(module, "add_k_proj", "add_v_proj"):
-        return ADDED_KV
-    if getattr(module, "is_cross_attention", False) and name.endswith("attn2"):
-        return CROSS_ATTENTION
-    return None
-
-
-def _classify_dit_cross(name: str, module: nn.Module) -> str | None:
-    if _has(module, "to_k", "heads") and getattr(module, "is_cross_attention", False) and name.endswith("attn2"):
-        return CROSS_ATTENTION
-    return None
-
-
-def _classify_sd3(name: str, module: nn.Module) -> str | None:
-    # SD3.5's dual-attention blocks also have an `attn2`, but it is image self-attention (no add_k_proj).
-    if name.startswith("transformer_blocks.") and name.endswith(".attn") and _has(module, "add_k_proj"):
-        return JOINT_ATTENTION
-    return None
-
-
-def _classify_flux(name: str, module: nn.Module) -> str | None:
-    if name.startswith("transformer_blocks.") and name.endswith(".attn") and _has(module, "add_k_proj"):
-        return JOINT_ATTENTION
-    if name.startswith("single_transformer_blocks.") and name.endswith(".attn") and _has(module, "to_k"):
-        return SINGLE_STREAM
-    return None
-
-
-def _param(model: nn.Module) -> torch.Tensor:
-    return next(model.parameters())
-
-
-def _unet_inputs(model: nn.Module) -> tuple[tuple, dict]:
-    cfg = model.config
-    p = _param(model)
-    size = 2 ** len(cfg.down_block_types)
-    sample_size = cfg.sample_size
-    if isinstance(sample_size, (list, tuple)):
-        h, w = sample_size
-        scale = 2 ** (len(cfg.down_block_types) - 1)
-        if h % scale == 0 and w % scale == 0 and h * w <= 4096:
-            size = (h, w)
-    hw = size if isinstance(size, tuple) else (size, size)
-    text_dim = cfg.encoder_hid_dim or cfg.cross_attention_dim
-    if isinstance(text_dim, (list, tuple)):
-        text_dim = text_dim[0]
-    kwargs: dict[str, Any] = {
-        "encoder_hidden_states": torch.zeros(1, 4, text_dim, dtype=p.dtype, device=p.device),
-    }
-    if cfg.addition_embed_type == "text_time":
-        time_dim = cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
-        kwargs["added_cond_kwargs"] = {
-            "text_embeds": torch.zeros(1, time_dim, dtype=p.dtype, device=p.device),
-            "time_ids": torch.zeros(1, 6, dtype=p.dtype, device=p.device),
-        }
-    if cfg.class_embed_type is not None:
-        kwargs["class_labels"] = torch.zeros(1, dtype=torch.long, device=p.device)
-    sample = torch.zeros(1, cfg.in_channels, *hw, dtype=p.dtype, device=p.device)
-    return (sample, torch.tensor([1], device=p.device)), kwargs
-
-
-def _sd3_inputs(model: nn.Module) -> tuple[tuple, dict]:
-    cfg = model.config
-    p = _param(model)
-    s = cfg.patch_size * 2
-    return (), {
-        "hidden_states": torch.zeros(1, cfg.in_channels, s, s, dtype=p.dtype, device=p.device),
-        "encoder_hidden_states": torch.zeros(1, 4, cfg.joint_attention_dim, dtype=p.dtype, device=p.device),
-        "pooled_projections": torch.zeros(1, cfg.pooled_projection_dim, dtype=p.dtype, device=p.device),
-        "timestep": torch.tensor([1], device=p.device),
-    }
-
-
-def _flux_inputs(model: nn.Module) -> tuple[tuple, dict]:
-    cfg = model.config
-    p = _param(model)
-    kwargs: dict[str, Any] = {
-        "hidden_states": torch.zeros(1, 4, cfg.in_channels, dtype=p.dtype, device=p.device),
-        "encoder_hidden_states": torch.zeros(1, 3, cfg.joint_attention_dim, dtype=p.dtype, device=p.device),
-        "pooled_projections": torch.zeros(1, cfg.pooled_projection_dim, dtype=p.dtype, device=p.device),
-        "timestep": torch.tensor([0.5], dtype=p.dtype, device=p.device),
-        "img_ids": torch.zeros(4, 3, dtype=p.dtype, device=p.device),
-        "txt_ids": torch.zeros(3, 3, dtype=p.dtype, device=p.device),
-    }
-    if cfg.guidance_embeds:
-        kwargs["guidance"] = torch.tensor([1.0], dtype=p.dtype, device=p.device)
-    return (), kwargs
-
-
-def _pixart_inputs(model: nn.Module) -> tuple[tuple, dict]:
-    cfg = model.config
-    p = _param(model)
-    s = cfg.patch_size * 2
-    kwargs: dict[str, Any] = {
-        "hidden_states": torch.zeros(1, cfg.in_channels, s, s, dtype=p.dtype, device=p.device),
-        "encoder_hidden_states": torch.zeros(1, 4, cfg.caption_channels, dtype=p.dtype, device=p.device),
-        "timestep": torch.tensor([1], device=p.device),
-        "added_cond_kwargs": {"resolution": None, "aspect_ratio": None},
-    }
-    if getattr(model, "use_additional_conditions", False):
-        kwargs["added_cond_kwargs"] = {
-            "resolution": torch.tensor([[s * 8, s * 8]], dtype=p.dtype, device=p.device),
-            "aspect_ratio": torch.tensor([[1.0]], dtype=p.dtype, device=p.device),
-        }
-    return (), kwargs
-
-
-def _sana_inputs(model: nn.Module) -> tuple[tuple, dict]:
-    cfg = model.config
-    p = _param(model)
-    s = cfg.patch_size * 2
-    return (), {
-        "hidden_states": torch.zeros(1, cfg.in_channels, s, s, dtype=p.dtype, device=p.device),
-        "encoder_hidden_states": torch.zeros(1, 4, cfg.caption_channels, dtype=p.dtype, device=p.device),
-        "timestep": torch.tensor([1], device=p.device),
-    }
-
-
-ARCHITECTURES: dict[str, Architecture] = {
-    "UNet2DConditionModel": Architecture("unet", _classify_unet, _unet_inputs, pooled_kwarg="text_embeds"),
-    "SD3Transformer2DModel": Architecture("mmdit", _classify_sd3, _sd3_inputs, "pooled_projections"),
-    "FluxTransformer2DModel": Architecture("mmdit", _classify_flux, _flux_inputs, "pooled_projections"),
-    "PixArtTransformer2DModel": Architecture("dit", _classify_dit_cross, _pixart_inputs),
-    "SanaTransformer2DModel": Architecture("dit", _classify_dit_cross, _sana_inputs),
-}
-
-#: Pipelines families that textloc covers (for messages).
-SUPPORTED_FAMILIES = (
-    "SD 1.x/2.x, SDXL and DeepFloyd IF (UNet2DConditionModel), SD3/SD3.5 (SD3Transformer2DModel), "
-    "FLUX.1 (FluxTransformer2DModel), PixArt-α/Σ (PixArtTransformer2DModel), Sana (SanaTransformer2DModel), "
-    "and textloc's embedded model"
-)
-
 
 def get_denoiser(model: Any) -> nn.Module:
     """The denoiser of a pipeline (``unet`` or ``transformer``), or ``model`` itself if it is one."""
@@ -214,15 +74,6 @@ def get_denoiser(model: Any) -> nn.Module:
     raise UnsupportedModelError(
         f"Expected a diffusers pipeline with a `unet` or `transformer`, but got {type(model).__name__}"
     )
-
-
-def architecture_of(denoiser: nn.Module) -> Architecture:
-    name = type(denoiser).__name__
-    if name not in ARCHITECTURES:
-        raise UnsupportedModelError(
-            f"{name} is not supported; textloc supports {SUPPORTED_FAMILIES}"
-        )
-    return ARCHITECTURES[name]
 
 
 def _count(module: nn.Module) -> int:
@@ -293,10 +144,58 @@ def list_text_layers(model: Any) -> list[TextLayer]:
     return layers
 
 
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON reads it back: tuples become lists, so a list-valued config equals a tuple-valued one."""
+    return json.loads(json.dumps(value, default=repr))
+
+
+def _init_defaults(cls: type) -> dict[str, Any]:
+    params = inspect.signature(cls.__init__).parameters
+    return {name: p.default for name, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+def denoiser_config(model: Any) -> dict[str, Any]:
+    """The denoiser's architecture as its config states it: the init arguments that differ from the defaults.
+
+    Keys starting with ``_`` (diffusers version, source path) are left out, tuples become lists, and values equal
+    to the class's default are dropped -- so a config.json saved by an older diffusers (which lacks the keys added
+    since, at their defaults) reads the same as one saved today, and explicit-default and omitted keys agree.
+    ``{}`` for a denoiser without a diffusers ``config``.
+    """
+    denoiser = get_denoiser(model)
+    config = getattr(denoiser, "config", None)
+    if not isinstance(config, dict):
+        return {}
+    defaults = {key: _jsonable(value) for key, value in _init_defaults(type(denoiser)).items()}
+    out: dict[str, Any] = {}
+    for key in sorted(config):
+        if key.startswith("_"):
+            continue
+        value = _jsonable(config[key])
+        if key in defaults and defaults[key] == value:
+            continue
+        out[key] = value
+    return out
+
+
 def model_fingerprint(model: Any) -> str:
-    """``Class:n_layers:hash`` of the text-layer names: plans and presets check it before applying."""
+    """``Class:n_text_layers:digest``, the identity that plans, localizations and presets are checked against.
+
+    The digest hashes the text layers' names and kinds *and* the denoiser's architecture config
+    (``denoiser_config``: widths, heads, depths, dual-attention layers, ...). Names alone cannot tell SD1.5 from
+    SD2.1, SD3-medium from SD3.5-medium or PixArt-α from PixArt-Σ (one module tree; different widths, heads,
+    position embeddings or image-only extra layers). With the config, two denoisers whose configs differ never
+    share a fingerprint, while a model and its fine-tune (same config, other weights) do: a localization is a
+    property of the architecture and transfers between them. Weights are not hashed (that would read GBs).
+
+    Format change (issue #13): the digest used to cover the layer names and kinds only, so files written before
+    carry the old digest and are refused as "made for" another model. The shipped ``models/embedded/
+    localized.json`` (and the docs' localization summaries) were recomputed: the embedded model went from
+    ``UNet2DConditionModel:7:e50ef0b5699b`` to the value ``model_fingerprint`` gives today (tested).
+    """
     layers = list_text_layers(model)
-    digest = hashlib.sha1(json.dumps([(layer.name, layer.kind) for layer in layers]).encode()).hexdigest()[:12]
+    payload = {"layers": [[layer.name, layer.kind] for layer in layers], "config": denoiser_config(model)}
+    digest = hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
     return f"{type(get_denoiser(model)).__name__}:{len(layers)}:{digest}"
 
 
