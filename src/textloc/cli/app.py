@@ -1,8 +1,17 @@
 """``textloc`` command line. Each command is a thin shell over the public Python API.
 
-Errors: any ``TextlocError`` (and a few predictable OS errors) becomes one line on stderr and exit code 2; a
-traceback only ever means a bug. Outputs are written to a temporary name and renamed into place, so a failed
-command never leaves a half-written file.
+Errors are mapped in exactly one place, :func:`main`:
+
+* a usage error (unknown command or option, missing or malformed value) prints click's short usage message
+  and exits 2;
+* any ``TextlocError``, an ``OSError`` the environment caused (read-only, a file in the way, a name too long,
+  a full disk), a file that is not UTF-8 or not JSON: one line on stderr, exit 2;
+* Ctrl-C: one line, exit 130 (run folders resume, so the same command continues the work);
+* anything else is a bug: its traceback, exit 1. ``textloc --debug …`` shows the traceback of every error.
+
+Start-up: importing this module imports neither torch nor diffusers (commands import them when they run), so
+``textloc --help`` is quick; ``benchmarks/bench_cli_startup.py`` measures it. Outputs are written to a
+temporary name and renamed into place, so a failed command never leaves a half-written file.
 """
 
 from __future__ import annotations
@@ -10,90 +19,144 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 # The CLI's stderr is for our one-line errors; library chatter (e.g. transformers noting that torchvision is
 # absent) is hidden unless the user asks for it via these variables.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
-import click  # noqa: E402
 import typer  # noqa: E402
-from rich.console import Console
-from rich.table import Table
 
-from textloc.cli.options import GuidanceOpt, ModelOpt, SeedOpt, StepsOpt
-from textloc.errors import InputError, TextlocError
-from textloc.runs.io import save_image_atomic
+from textloc.cli.options import (  # noqa: E402
+    GuidanceOpt,
+    ModelOpt,
+    OcrOpt,
+    SeedOpt,
+    StepsOpt,
+    check_for_model,
+    check_text_file,
+    count_option,
+    in_file_option,
+    number_option,
+    out_dir_option,
+    out_file_option,
+    seed_option,
+    steps_option,
+)
+from textloc.errors import InputError, TextlocError, describe_decode_error, describe_os_error  # noqa: E402
+
+try:  # typer >= 0.16 vendors click as typer._click; older typer raises the real click's exceptions
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+
+INTERRUPTED = "interrupted; run the same command again to resume"
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: editing, safety, fine-tuning.")
 app.add_typer(bench_app, name="bench")
-console = Console(width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True)
 
 
+class _LazyConsole:
+    """A rich ``Console`` made on first use: rich costs ~0.15 s to import, which ``--help`` should not pay."""
 
-def _fail(message: str) -> None:
-    from rich.markup import escape
+    def __init__(self, **kwargs: Any) -> None:
+        self._kwargs = kwargs
+        self._console: Any = None
 
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True, markup=True)
-    sys.exit(2)
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(**self._kwargs)
+        return getattr(self._console, name)
 
 
-@app.command()
-def layers(
-    model: ModelOpt = "embedded",
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+def Table(*args: Any, **kwargs: Any) -> Any:  # noqa: N802 - stands in for rich.table.Table, imported lazily
+    from rich.table import Table as RichTable
+
+    return RichTable(*args, **kwargs)
+
+
+console = _LazyConsole(width=None if sys.stdout.isatty() else 200)
+err_console = _LazyConsole(stderr=True)
+
+
+class _State:
+    """Per-invocation settings of the global options (reset by every :func:`main`)."""
+
+    debug = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        from textloc import __version__
+
+        typer.echo(f"textloc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit", is_eager=True,
+                                          callback=_version)] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show the full traceback of any error")] = False,
 ) -> None:
-    """List the attention layers that receive text, in execution order."""
-    from textloc.core.layers import get_denoiser, list_text_layers, model_fingerprint
-    from textloc.models.loading import load_pipeline
+    """Localize and use the attention layers that decide rendered text in diffusion models."""
+    _State.debug = debug or _State.debug
+    remaining = [*getattr(ctx, "_protected_args", []), *ctx.args]
+    if ctx.invoked_subcommand and not {"--help", "-h"} & set(remaining):
+        _quiet_libraries()
 
-    pipe = load_pipeline(model)
-    entries = list_text_layers(pipe)
-    denoiser = get_denoiser(pipe)
-    if as_json:
-        payload = {"model": model, "denoiser": type(denoiser).__name__, "fingerprint": model_fingerprint(pipe),
-                   "denoiser_params": sum(p.numel() for p in denoiser.parameters()),
-                   "layers": [entry.to_dict() for entry in entries]}
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
-        return
-    table = Table(title=f"{model}: {len(entries)} text layers of {type(denoiser).__name__}")
-    for column in ("#", "module", "kind", "text K/V params", "layer params", "share"):
-        table.add_column(column, justify="right" if column not in ("module", "kind") else "left")
-    for e in entries:
-        table.add_row(str(e.index), e.name, e.kind, f"{e.text_kv_params:,}", f"{e.params:,}", f"{e.share:.3%}")
-    console.print(table)
+
+def _quiet_libraries() -> None:
+    """No loading bars from diffusers on the CLI: stderr carries our messages only (imports diffusers, so only
+    when a command is about to run, never for ``--help``)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.disable_progress_bar()
 
 
 @app.command()
 def generate(
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="the prompt")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output PNG")],
+    out: Annotated[Path, out_file_option("output PNG or JPEG")],
     model: ModelOpt = "embedded",
     seed: SeedOpt = 0,
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,
-    plan: Annotated[Path | None, typer.Option(help="patch plan JSON to run under")] = None,
+    plan: Annotated[Path | None, in_file_option("--plan", "patch plan JSON to run under")] = None,
     target: Annotated[str | None, typer.Option(help="target prompt (overrides the plan's)")] = None,
 ) -> None:
     """Render one image, optionally under a patch plan."""
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise InputError(f"Expected --out to end in .png or .jpg, but got {out}")
     import torch
 
     from textloc.core.engine import generate as run_plan
     from textloc.core.plan import PatchPlan
     from textloc.models.loading import load_pipeline
+    from textloc.models.profiles import profile_for
+    from textloc.runs.io import save_image_atomic
 
-    if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-        raise InputError(f"Expected --out to end in .png or .jpg, but got {out}")
     patch = None
     if plan is not None:
-        if not plan.exists():
-            raise InputError(f"Plan file {plan} does not exist")
-        patch = PatchPlan.from_json(plan)
+        try:
+            patch = PatchPlan.from_dict(json.loads(check_text_file(plan, option="--plan")))
+        except (json.JSONDecodeError, TypeError, KeyError, ValueError) as err:
+            if isinstance(err, TextlocError):
+                raise
+            raise InputError(f"Expected --plan {plan} to be a patch plan JSON, but it is not ({err})") from None
     pipe = load_pipeline(model)
+    check_for_model(pipe, steps=steps)
+    profile = profile_for(pipe)
+    if profile.rendered_text is not None:  # text the model cannot draw would come out as garbage
+        for text in profile.rendered_text(target or prompt):
+            profile.render_limits.check(text, what="the quoted text")
     kwargs: dict = {"generator": torch.Generator().manual_seed(seed)}
     if steps is not None:
         kwargs["num_inference_steps"] = steps
@@ -102,44 +165,54 @@ def generate(
     result = run_plan(pipe, prompt, patch, target_prompt=target, **kwargs)
     save_image_atomic(result.images[0], out)
     fired = f" (patched {len(result.fired)} layer(s))" if result.fired else ""
-    console.print(f"wrote {out}{fired}")
+    console.print(f"wrote {out}{fired}", markup=False, highlight=False)
 
 
 @app.command("train-embedded")
 def train_embedded(
-    out: Annotated[Path, typer.Option(help="run folder (checkpoints, samples, log); resumes if it exists")] = Path(
-        "runs/embedded"
-    ),
-    config: Annotated[Path | None, typer.Option(help="training config JSON (default: the committed one)")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="stop after this many minutes (resume later)")] = None,
-    export: Annotated[Path | None, typer.Option(help="copy the final EMA pipeline here")] = None,
+    out: Annotated[Path, out_dir_option("run folder (checkpoints, samples, log); resumes if it exists",
+                                        short=None)] = Path("runs/embedded"),
+    config: Annotated[Path | None, in_file_option("--config", "training config JSON (default: the committed "
+                                                               "one)")] = None,
+    max_minutes: Annotated[float | None, number_option("--max-minutes", "stop after this many minutes (resume "
+                                                       "later)", 0.0, 1e6, low_open=True)] = None,
+    export: Annotated[Path | None, out_dir_option("copy the final EMA pipeline here", flag="--export",
+                                                  short=None)] = None,
 ) -> None:
     """Train (or resume training) the embedded model with the committed recipe."""
     import shutil
 
     from textloc.models.embedded.train import TrainConfig, train
 
-    cfg = TrainConfig.load(config or Path(__file__).parents[1] / "models" / "embedded" / "train_config.json")
+    cfg_path = config or Path(__file__).parents[1] / "models" / "embedded" / "train_config.json"
+    try:
+        cfg = TrainConfig.load(cfg_path)
+    except (json.JSONDecodeError, TypeError, KeyError, ValueError) as err:
+        if isinstance(err, TextlocError):
+            raise
+        raise InputError(f"Expected --config {cfg_path} to be a training config JSON, but it is not ({err})") from None
     folder = train(cfg, out, max_minutes)
     if export:
         shutil.copytree(folder, export, dirs_exist_ok=True)
-    console.print(f"EMA pipeline in {folder}")
+    console.print(f"EMA pipeline in {folder}", markup=False, highlight=False)
 
 
 @app.command("eval-embedded")
 def eval_embedded(
-    n: Annotated[int, typer.Option(help="samples per group")] = 200,
-    seed: Annotated[int, typer.Option(help="evaluation seed (fresh by default)")] = 12345,
-    out: Annotated[Path, typer.Option(help="folder for results.json and the sample grid")] = Path("runs/eval"),
+    n: Annotated[int, count_option("--n", "samples per group", high=100_000)] = 200,
+    seed: Annotated[int, seed_option("evaluation seed (fresh by default)")] = 12345,
+    out: Annotated[Path, out_dir_option("folder for results.json and the sample grid", short=None)] = Path(
+        "runs/eval"),
     model: ModelOpt = "embedded",
-    steps: Annotated[int, typer.Option(help="denoising steps")] = 20,
-    ocr: Annotated[str, typer.Option(help="OCR backend")] = "rapidocr",
+    steps: Annotated[int, steps_option("denoising steps")] = 20,
+    ocr: OcrOpt = "rapidocr",
 ) -> None:
     """Measure the embedded model: word accuracy, CER, background/text colour accuracy."""
     from textloc.models.embedded.evaluate import evaluate
     from textloc.models.loading import load_pipeline
 
     pipe = load_pipeline(model)
+    check_for_model(pipe, steps=steps)
     results = evaluate(pipe, n=n, seed=seed, out=out, steps=steps, ocr=ocr)
     table = Table(title=f"eval-embedded (n={n} per group, seed={seed})")
     table.add_column("metric")
@@ -147,24 +220,14 @@ def eval_embedded(
     for key, value in results["summary"].items():
         table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
     console.print(table)
-    console.print(f"wrote {out / 'results.json'} and {out / 'samples.png'}")
-
-
-def _quiet_libraries() -> None:
-    """No loading bars from diffusers/transformers on the CLI: stderr carries our messages only."""
-    from diffusers.utils import logging as diffusers_logging
-
-    diffusers_logging.disable_progress_bar()
-
-
-_quiet_libraries()
+    console.print(f"wrote {out / 'results.json'} and {out / 'samples.png'}", markup=False, highlight=False)
 
 
 def _register_feature_commands() -> None:
     """Feature modules under ``textloc.cli`` add their own subcommands (one home per feature)."""
     import importlib
 
-    for name in ("localize", "edit", "safety", "finetune", "ui"):
+    for name in ("layers", "localize", "edit", "safety", "finetune", "ui"):
         try:
             module = importlib.import_module(f"textloc.cli.{name}")
         except ModuleNotFoundError as err:
@@ -177,29 +240,67 @@ def _register_feature_commands() -> None:
 _register_feature_commands()
 
 
-def main() -> None:
-    """Entry point: run the app, turning expected errors into one line and exit code 2."""
-    try:
-        app(standalone_mode=False)
-    except TextlocError as err:
-        _fail(str(err))
-    except typer.Exit as exit_:
-        sys.exit(exit_.exit_code)
-    except typer.Abort:
-        _fail("aborted")
-    except RuntimeError as err:
-        from textloc.eval.ocr import OCRUnavailableError
+# -- the one error mapping ------------------------------------------------------------------------------
 
-        if not isinstance(err, OCRUnavailableError):
-            raise
-        _fail(str(err))
-    except FileNotFoundError as err:
-        _fail(f"file not found: {err.filename}")
-    except click.ClickException as err:
+
+def _one_line(message: str) -> None:
+    """Print ``error: MESSAGE`` as exactly one line (newlines inside a message would break that promise)."""
+    flat = " ".join(message.split()) or "error"
+    sys.stderr.write(f"error: {flat}\n")
+    sys.stderr.flush()
+
+
+def _expected_error(err: BaseException) -> str | None:
+    """The one line for an error the user (or their environment) caused; ``None`` for a bug."""
+    if isinstance(err, TextlocError):
+        return str(err)
+    if isinstance(err, UnicodeDecodeError):
+        return describe_decode_error(err)
+    if isinstance(err, json.JSONDecodeError):
+        return f"Expected a JSON file, but it is damaged ({err}); use a corrected file or a new --out folder"
+    if isinstance(err, OSError):
+        return describe_os_error(err)
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return "out of memory; try fewer steps, a smaller batch or chunk size, or a smaller model"
+    return None
+
+
+def _exit_code(err: BaseException) -> int | None:
+    if isinstance(err, KeyboardInterrupt):
+        return 130
+    return 2 if _expected_error(err) is not None else None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and map every error once (module docstring). Always ends in ``SystemExit``."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    _State.debug = False
+    command = typer.main.get_command(app)
+    try:
+        with command.make_context("textloc", args) as ctx:
+            command.invoke(ctx)
+    except typer.Exit as done:  # --help, --version, a command's own typer.Exit
+        sys.exit(done.exit_code)
+    except ClickException as err:  # usage errors: click's short usage message, exit 2
         err.show()
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted")
+    except typer.Abort:
+        _one_line("aborted")
+        sys.exit(1)
+    except BaseException as err:  # noqa: BLE001 - the one mapping; a bug re-raises below
+        if isinstance(err, SystemExit):
+            raise
+        if isinstance(err, OSError) and err.errno == 32:  # EPIPE: the reader (`| head`) went away
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence Python's flush at exit
+            sys.exit(1)
+        code = _exit_code(err)
+        if _State.debug or code is None:
+            traceback.print_exception(err)
+        if code is None:
+            sys.exit(1)
+        _one_line(INTERRUPTED if code == 130 else _expected_error(err) or "error")
+        sys.exit(code)
+    sys.exit(0)
 
 
 if __name__ == "__main__":  # pragma: no cover
