@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from textloc.cli.options import ModelOpt
+from textloc.cli.options import ModelOpt, OcrOrNoneOpt, count_option
 
 
 def _is_loopback(host: str) -> bool:
@@ -30,10 +30,8 @@ def register(app: typer.Typer) -> None:
     def ui(
         model: ModelOpt = "embedded",
         host: Annotated[str, typer.Option(help="address to listen on (loopback: only this machine)")] = "127.0.0.1",
-        port: Annotated[int, typer.Option(help="port to listen on")] = 7860,
-        ocr: Annotated[str, typer.Option(help="OCR backend for the edit metrics: rapidocr | tesseract | none")] = (
-            "rapidocr"
-        ),
+        port: Annotated[int, count_option("--port", "port to listen on", high=65535)] = 7860,
+        ocr: OcrOrNoneOpt = "rapidocr",
     ) -> None:
         """Start the local web app: generate, edit the rendered text, generate safely (needs the ui extra)."""
         from rich.console import Console
