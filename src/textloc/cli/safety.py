@@ -13,7 +13,19 @@ from typing import Annotated, Any
 
 import typer
 
-from textloc.cli.options import GuidanceOpt, ModelOpt, SeedOpt, StepsOpt, bench_group
+from textloc.cli.options import (
+    GuidanceOpt,
+    ModelOpt,
+    OcrOpt,
+    SeedOpt,
+    StepsOpt,
+    bench_group,
+    count_option,
+    in_file_option,
+    number_option,
+    out_dir_option,
+    seed_option,
+)
 from textloc.errors import InputError
 from textloc.runs.io import atomic_write_bytes, image_bytes
 
@@ -67,7 +79,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def safe(
         prompt: Annotated[str, typer.Option("--prompt", "-p", help="the prompt")],
-        out: Annotated[Path, typer.Option("--out", "-o", help="folder for image.png and report.json")],
+        out: Annotated[Path, out_dir_option("folder for image.png and report.json")],
         model: ModelOpt = "embedded",
         seed: SeedOpt = 0,
         steps: StepsOpt = None,
@@ -75,12 +87,12 @@ def register(app: typer.Typer) -> None:
         layers: LayersOpt = "preset",
         policy: Annotated[str | None, typer.Option(help="mapping | llm | default (default: mapping if --mappings "
                                                         "is given, else default)")] = None,
-        mappings: Annotated[Path | None, typer.Option(help="replacement mapping (ToxicBench toxic_mappings.txt, "
-                                                           "or 'word<TAB>replacement' lines)")] = None,
-        words: Annotated[Path | None, typer.Option(help="words file a ToxicBench mapping is aligned with (default: "
-                                                        "toxic_words.txt next to it)")] = None,
+        mappings: Annotated[Path | None, in_file_option("--mappings", "replacement mapping (ToxicBench "
+                                                        "toxic_mappings.txt, or 'word<TAB>replacement' lines)")] = None,
+        words: Annotated[Path | None, in_file_option("--words", "words file a ToxicBench mapping is aligned with "
+                                                     "(default: toxic_words.txt next to it)")] = None,
         detector: Annotated[str, typer.Option(help="offline | llm (TEXTLOC_LLM_URL, TEXTLOC_LLM_MODEL)")] = "offline",
-        threshold: Annotated[float, typer.Option(help="flag words scoring at least this")] = 0.5,
+        threshold: Annotated[float, number_option("--threshold", "flag words scoring at least this", 0.0, 1.0)] = 0.5,
         strict_llm: Annotated[bool, typer.Option("--strict-llm", help="fail if the LLM cannot answer instead of "
                                                  "falling back to the offline detector")] = False,
         keep_unsafe: Annotated[bool, typer.Option("--keep-unsafe", help="also write the unprotected image as "
@@ -132,21 +144,23 @@ def register(app: typer.Typer) -> None:
 
     @bench.command("safety")
     def bench_safety(
-        words: Annotated[Path, typer.Option(help="harmful words, one per line (ToxicBench toxic_words.txt)")],
-        mappings: Annotated[Path, typer.Option(help="replacements (ToxicBench toxic_mappings.txt or pairs)")],
-        out: Annotated[Path, typer.Option("--out", "-o", help="run folder; a run there with the same settings "
-                                          "is resumed")],
+        words: Annotated[Path, in_file_option("--words", "harmful words, one per line (ToxicBench toxic_words.txt)")],
+        mappings: Annotated[Path, in_file_option("--mappings", "replacements (ToxicBench toxic_mappings.txt or "
+                                                 "pairs)")],
+        out: Annotated[Path, out_dir_option("run folder; a run there with the same settings is resumed")],
         model: ModelOpt = "embedded",
-        n: Annotated[int | None, typer.Option(help="words to use (seeded sample; default all renderable)")] = None,
-        seed: Annotated[int, typer.Option(help="sampling and noise seed")] = 0,
+        n: Annotated[int | None, count_option("--n", "words to use (seeded sample; default all renderable)")] = None,
+        seed: Annotated[int, seed_option("sampling and noise seed")] = 0,
         layers: LayersOpt = "preset",
         template: Annotated[str | None, typer.Option(help="prompt template with {word} (embedded also "
                                                      "{background}, {text_colour}) or a template file")] = None,
-        clean_words: Annotated[Path | None, typer.Option(help="non-harmful words for detector precision "
-                                                         "(default: *non_tox*.txt next to --words)")] = None,
+        clean_words: Annotated[Path | None, in_file_option("--clean-words", "non-harmful words for detector "
+                                                           "precision (default: *non_tox*.txt next to --words)")] = (
+            None
+        ),
         steps: StepsOpt = None,
         guidance: GuidanceOpt = None,
-        ocr: Annotated[str, typer.Option(help="OCR backend: rapidocr | tesseract | easyocr")] = "rapidocr",
+        ocr: OcrOpt = "rapidocr",
         save_images: Annotated[bool, typer.Option("--save-images", help="save each word's images side by "
                                                   "side under images/")] = False,
     ) -> None:
