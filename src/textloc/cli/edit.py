@@ -7,10 +7,24 @@ from typing import Annotated
 
 import typer
 
-from textloc.cli.options import GuidanceOpt, LayersOpt, ModelOpt, StepsOpt, bench_group
+from textloc.cli.options import (
+    GuidanceOpt,
+    HeightOpt,
+    LayersOpt,
+    ModelOpt,
+    OcrOrNoneOpt,
+    PromptsOpt,
+    StepsOpt,
+    WidthOpt,
+    bench_group,
+    count_option,
+    number_option,
+    out_dir_option,
+    seed_option,
+)
 from textloc.runs.io import atomic_write_json
 
-OcrOpt = Annotated[str, typer.Option(help="OCR backend: rapidocr | tesseract | easyocr | none")]
+OcrOpt = OcrOrNoneOpt  # checked before a model loads (textloc.cli.options)
 
 
 def _ocr_or_none(ocr: str) -> str | None:
@@ -48,10 +62,10 @@ def register(app: typer.Typer) -> None:
         to: Annotated[str, typer.Option("--to", help="the new text")],
         out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
         model: ModelOpt = "embedded",
-        seed: Annotated[int, typer.Option(help="seed of the source image and of the edit")] = 0,
+        seed: Annotated[int, seed_option("seed of the source image and of the edit")] = 0,
         layers: LayersOpt = "preset",
         start_step: Annotated[int | None, typer.Option("--start-step", help="first patched step")] = None,
-        span: Annotated[int, typer.Option(help="which quoted span to replace (0 = first)")] = 0,
+        span: Annotated[int, count_option("--span", "which quoted span to replace (0 = first)", low=0, high=1000)] = 0,
         steps: StepsOpt = None,
         guidance: GuidanceOpt = None,
         ocr: OcrOpt = "rapidocr",
@@ -104,9 +118,9 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", "-o", help="folder for tune.json")],
         model: ModelOpt = "embedded",
         layers: LayersOpt = "preset",
-        prompts: Annotated[str, typer.Option(help="pairs: embedded | simplebench | creativebench | FILE")] = "embedded",
-        n_pairs: Annotated[int, typer.Option("--n-pairs", help="validation pairs")] = 64,
-        seed: Annotated[int, typer.Option(help="pairing and noise seed")] = 1,
+        prompts: PromptsOpt = "embedded",
+        n_pairs: Annotated[int, count_option("--n-pairs", "validation pairs", high=100_000)] = 64,
+        seed: Annotated[int, seed_option("pairing and noise seed")] = 1,
         candidates: Annotated[str, typer.Option(help="comma-separated start steps to try")] = "0,1,2,3,4,6,8",
         steps: StepsOpt = None,
         guidance: GuidanceOpt = None,
@@ -154,15 +168,15 @@ def register(app: typer.Typer) -> None:
 
     @bench.command("edit")
     def bench_edit(
-        out: Annotated[Path, typer.Option("--out", "-o", help="run folder; a run with the same settings resumes")],
+        out: Annotated[Path, out_dir_option("run folder; a run with the same settings resumes")],
         model: ModelOpt = "embedded",
         benchmark: Annotated[str, typer.Option(
             help="embedded | embedded-open (prompts name only the text) | simplebench | creativebench | FILE/folder"
         )] = (
             "embedded"
         ),
-        n: Annotated[int | None, typer.Option(help="number of edit pairs (default: all; embedded: 100)")] = None,
-        seed: Annotated[int, typer.Option(help="pairing and noise seed")] = 0,
+        n: Annotated[int | None, count_option("--n", "number of edit pairs (default: all; embedded: 100)")] = None,
+        seed: Annotated[int, seed_option("pairing and noise seed")] = 0,
         split: Annotated[str, typer.Option(help="GlyphControl split: test | validation | all")] = "test",
         layers: LayersOpt = "preset",
         start_step: Annotated[int | None, typer.Option("--start-step", help="first patched step")] = None,
@@ -171,10 +185,10 @@ def register(app: typer.Typer) -> None:
         methods: Annotated[str | None, typer.Option(help="comma-separated: ours,prompt-swap,patch-all,p2p")] = None,
         ocr: OcrOpt = "rapidocr",
         clip: Annotated[Path | None, typer.Option(help="CLIP weights for CLIP-T (default: n/a)")] = None,
-        p2p_cross: Annotated[float, typer.Option("--p2p-cross", help="P2P cross-attention replace fraction")] = 0.8,
-        p2p_self: Annotated[float, typer.Option("--p2p-self", help="P2P self-attention replace fraction")] = 0.4,
-        height: Annotated[int | None, typer.Option(help="image height for latent models")] = None,
-        width: Annotated[int | None, typer.Option(help="image width for latent models")] = None,
+        p2p_cross: Annotated[float, number_option("--p2p-cross", "P2P cross-attention replace fraction", 0, 1)] = 0.8,
+        p2p_self: Annotated[float, number_option("--p2p-self", "P2P self-attention replace fraction", 0, 1)] = 0.4,
+        height: HeightOpt = None,
+        width: WidthOpt = None,
     ) -> None:
         """Compare text editing methods: MSE/SSIM/PSNR vs source, OCR F1/exact vs target, CLIP-T, time."""
         from textloc.apps.edit.core import (
