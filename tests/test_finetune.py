@@ -11,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from textloc.apps.finetune.core import (
+from textloc.apps.finetune import (
     CHECKPOINT_NAME,
     LOG_NAME,
     LORA_WEIGHT_NAME,
-    SCENARIOS,
     SUMMARY_NAME,
     SavedTensorMeter,
     SyntheticData,
@@ -23,20 +22,21 @@ from textloc.apps.finetune.core import (
     bench_finetune,
     expected_lora_parameters,
     finetune,
-    jsonl_caption,
     load_data,
     lora_state_dict,
     lora_target_modules,
     objective_for,
-    parse_scenario,
     resolve_layer_spec,
-    trainable_parameters,
 )
+from textloc.apps.finetune.data import jsonl_caption
+from textloc.apps.finetune.lora import trainable_parameters
 from textloc.core.layers import list_text_layers
 from textloc.errors import InputError, TextlocError, UnknownLayerError, UnsupportedModelError
 from textloc.models.embedded import renderer
 from textloc.models.embedded.pipeline import build_untrained
+from textloc.models.embedded.scenarios import SCENARIOS, parse_scenario
 from textloc.models.tiny import build_tiny_pipeline, tiny_call_kwargs
+from textloc.runs.checkpoint import checkpoint_exists
 
 FAST = dict(batch_size=2, sample_every=0, progress=False, lr=1e-2)
 
@@ -137,8 +137,9 @@ def test_embedded_finetune_trains_only_lora_and_reloads_into_fresh_pipeline(embe
     assert 0 < result.trainable_share < 0.05 and result.final_loss is not None
     assert result.activation_bytes and result.activation_bytes > 0
 
-    for name in (LORA_WEIGHT_NAME, CHECKPOINT_NAME, LOG_NAME, SUMMARY_NAME):
+    for name in (LORA_WEIGHT_NAME, LOG_NAME, SUMMARY_NAME):
         assert (tmp_path / name).is_file()
+    assert checkpoint_exists(tmp_path / CHECKPOINT_NAME)
     assert not list(tmp_path.glob(".*tmp*"))  # no temp leftovers
     tuned = _sample(pipe)
     fresh = copy.deepcopy(embedded_base)
@@ -181,6 +182,35 @@ def test_resume_after_kill_matches_an_uninterrupted_run(embedded_base, tmp_path)
         finetune(copy.deepcopy(embedded_base), [4], "synthetic", killed, steps=2, **FAST)
     with pytest.raises(InputError, match="already has"):
         finetune(resumed, [4], "synthetic", tmp_path / "again", steps=1, **FAST)
+
+
+class _Planted:
+    """A pickle whose unpickling creates ``marker``: what a malicious ``checkpoint.pt`` would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_resume_never_unpickles_a_planted_checkpoint_pt(embedded_base, tmp_path) -> None:
+    import pickle
+
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(_Planted(probe))).close()  # the payload works: unpickling it creates the file
+    assert probe.exists()
+
+    marker, run = tmp_path / "pwned", tmp_path / "run"
+    run.mkdir()
+    torch.save({"step": 1, "payload": _Planted(marker)}, run / "checkpoint.pt")  # a pickle, as old versions wrote
+    result = finetune(copy.deepcopy(embedded_base), [4], "synthetic", run, steps=2, checkpoint_every=1, **FAST)
+    assert result.resumed_from == 0 and not marker.exists()  # not a checkpoint: never opened, run starts over
+    (run / "checkpoint.pt").write_bytes(pickle.dumps({"payload": _Planted(marker)}))  # planted next to a real one
+    result = finetune(copy.deepcopy(embedded_base), [4], "synthetic", run, steps=3, checkpoint_every=1, **FAST)
+    assert result.resumed_from == 2 and not marker.exists()
+    assert (run / "checkpoint.pt").exists()  # left alone, never read
+    assert sorted(p.name for p in (run / CHECKPOINT_NAME).iterdir()) == ["meta.json", "tensors.safetensors"]
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -1,4 +1,4 @@
-"""``textloc finetune`` and ``textloc bench finetune``: thin shells over ``textloc.apps.finetune.core``."""
+"""``textloc finetune`` and ``textloc bench finetune``: thin shells over ``textloc.apps.finetune``."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from textloc.errors import InputError
 console = Console(width=None if sys.stdout.isatty() else 200)
 
 
-
 def finetune_command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="run folder (LoRA, checkpoint, log, samples)")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="run folder (LoRA, checkpoint/, log, samples)")],
     model: ModelOpt = "embedded",
     layers: Annotated[str, typer.Option(
         help="preset | auto | all-cross-attn | random-K | PATH/summary.json | names or indices, comma-separated"
@@ -34,7 +33,9 @@ def finetune_command(
     steps: Annotated[int, typer.Option(help="total training steps")] = 500,
     batch_size: Annotated[int, typer.Option(help="batch size per process")] = 8,
     mixed_precision: Annotated[str, typer.Option(help="no | fp16 | bf16")] = "no",
-    resume: Annotated[bool, typer.Option("--resume/--no-resume", help="continue from OUT/checkpoint.pt")] = True,
+    resume: Annotated[bool, typer.Option(
+        "--resume/--no-resume", help="continue from OUT/checkpoint/ (a pickle checkpoint.pt is never loaded)"
+    )] = True,
     seed: Annotated[int, typer.Option(help="seed (adapter init, data, noise, random-K layers)")] = 0,
     target: Annotated[str, typer.Option(help="attn (all attention projections) | text_kv (text K/V only)")] = "attn",
     checkpoint_every: Annotated[int, typer.Option(help="checkpoint every N steps (0: at the end only)")] = 100,
@@ -43,7 +44,7 @@ def finetune_command(
     device: Annotated[str | None, typer.Option(help="cpu to force the CPU (default: accelerate's choice)")] = None,
 ) -> None:
     """Train a LoRA on only the chosen text layers; writes pytorch_lora_weights.safetensors (diffusers format)."""
-    from textloc.apps.finetune.core import finetune
+    from textloc.apps.finetune import finetune
     from textloc.models.loading import load_pipeline
 
     pipe = load_pipeline(model)
@@ -103,7 +104,7 @@ def bench_finetune_command(
     device: Annotated[str | None, typer.Option(help="cpu to force the CPU (default: accelerate's choice)")] = None,
 ) -> None:
     """Localized vs all-cross-attention vs random-layer LoRA under one budget (embedded model scenarios)."""
-    from textloc.apps.finetune.core import bench_finetune
+    from textloc.apps.finetune import bench_finetune
     from textloc.models.loading import load_pipeline
 
     try:

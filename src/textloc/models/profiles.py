@@ -72,6 +72,36 @@ class RenderLimits:
 
 
 @dataclass(frozen=True)
+class TrainingRecipe:
+    """How a model textloc ships is trained, so localized fine-tuning (``apps.finetune``) optimises the model's
+    own objective on its own kind of data without importing the model's package.
+
+    Filled in by the model's package (``textloc.models.embedded.finetuning``); ``None`` on ``GENERIC``, whose
+    diffusers families get the standard objectives of ``apps.finetune.objectives``.
+    """
+
+    #: ``make_loss(pipe)`` -> ``loss(denoiser, prompts, images, generator)``: a scalar on a batch (B, 3, H, W) in
+    #: [-1, 1]; noise and timesteps are drawn from the (CPU) ``generator``, which makes runs reproducible
+    make_loss: Callable[[Any], Callable[[Any, list[str], Any, Any], Any]]
+    #: ``image_size(pipe)`` -> (height, width) of training images
+    image_size: Callable[[Any], tuple[int, int]]
+    #: centre-crop photos to the model's aspect before resizing (``False``: squeeze, so no letter is cut off)
+    crop_images: bool = True
+    #: keyword arguments of the pipeline call that draws progress samples
+    sample_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: the ``--data`` name of the synthetic data this model's renderer draws (any model can train on it)
+    data_source: str | None = None
+    #: ``data(scenario_or_None, seed)`` -> sampler with ``batch(step, batch_size, rank)`` -> (prompts, images
+    #: (B, 3, H, W) in [-1, 1]), ``sample_prompts(n)`` and ``label``
+    data: Callable[[Any, int], Any] | None = field(default=None, repr=False)
+    #: ``scenario(text)`` -> a validated scenario: ``name``, ``description``, ``to_dict()`` and ``test_cases(n)``
+    #: (held-out cases with ``prompt``, ``text``, ``background``, ``text_colour``)
+    scenario: Callable[[str], Any] | None = field(default=None, repr=False)
+    #: the named scenarios (for help and messages)
+    scenario_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelProfile:
     """Facts about one model (or family) that applications read instead of inspecting the pipeline."""
 
@@ -98,7 +128,7 @@ class ModelProfile:
     #: the strings of ``prompt`` that the model will render, exactly as they reach its text encoder
     rendered_text: Callable[[str], list[str]] | None = field(default=None, repr=False)
     #: the model's training objective and data, for localized fine-tuning (see ``apps.finetune``)
-    training: Any = field(default=None, repr=False)
+    training: TrainingRecipe | None = field(default=None, repr=False)
 
     # -- what applications ask -------------------------------------------------------------------------
     def reader(self, ocr: str = "rapidocr") -> Any:
@@ -194,6 +224,14 @@ def load_pairs(spec: str, n: int | None, seed: int, attribute: str = "text") -> 
         raise InputError(f"--attribute {attribute} needs --prompts {' or '.join(names) or 'embedded'} "
                          "(the renderer knows the attributes)")
     return data_pairs.load_pairs(spec, n, seed)
+
+
+def training_source(name: str) -> TrainingRecipe | None:
+    """The training recipe whose renderer provides the ``--data`` source ``name`` (``synthetic``), if any."""
+    for profile in profiles():
+        if profile.training is not None and profile.training.data_source == name:
+            return profile.training
+    return None
 
 
 def pair_source_names() -> Sequence[str]:

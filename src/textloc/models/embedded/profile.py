@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from textloc.models.embedded import renderer
+from textloc.models.embedded.finetuning import TRAINING
 from textloc.models.profiles import ModelProfile, RenderLimits, register_profile
 
 #: The tuned first patched step of an edit: step 1 of 20 (``textloc edit-tune`` on 32 validation pairs with the
@@ -72,5 +73,6 @@ PROFILE = register_profile(
         attribute_reader=attribute_reader,
         colours=colours,
         rendered_text=rendered_text,
+        training=TRAINING,
     )
 )
