@@ -10,14 +10,23 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from textloc.cli.options import ModelOpt, bench_group
+from textloc.cli.options import (
+    ModelOpt,
+    OcrOpt,
+    bench_group,
+    count_option,
+    number_option,
+    out_dir_option,
+    seed_option,
+    steps_option,
+)
 from textloc.errors import InputError
 
 console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def finetune_command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="run folder (LoRA, checkpoint/, log, samples)")],
+    out: Annotated[Path, out_dir_option("run folder (LoRA, checkpoint/, log, samples)")],
     model: ModelOpt = "embedded",
     layers: Annotated[str, typer.Option(
         help="preset | auto | all-cross-attn | random-K | PATH/summary.json | names or indices, comma-separated"
@@ -27,20 +36,24 @@ def finetune_command(
         "font=..,letters=..,len=N-M,words=2) | "
         "FOLDER of images + .txt captions | FILE.jsonl"
     )] = "synthetic",
-    rank: Annotated[int, typer.Option(help="LoRA rank")] = 4,
-    alpha: Annotated[float | None, typer.Option(help="LoRA alpha (default: = rank)")] = None,
-    lr: Annotated[float, typer.Option(help="learning rate (AdamW, constant)")] = 1e-4,
-    steps: Annotated[int, typer.Option(help="total training steps")] = 500,
-    batch_size: Annotated[int, typer.Option(help="batch size per process")] = 8,
+    rank: Annotated[int, count_option("--rank", "LoRA rank", high=1024)] = 4,
+    alpha: Annotated[float | None, number_option("--alpha", "LoRA alpha (default: = rank)", 0, 1e6,
+                                                 low_open=True)] = None,
+    lr: Annotated[float, number_option("--lr", "learning rate (AdamW, constant)", 0, 1, low_open=True)] = 1e-4,
+    steps: Annotated[int, count_option("--steps", "total training steps", high=10_000_000)] = 500,
+    batch_size: Annotated[int, count_option("--batch-size", "batch size per process", high=4096)] = 8,
     mixed_precision: Annotated[str, typer.Option(help="no | fp16 | bf16")] = "no",
     resume: Annotated[bool, typer.Option(
         "--resume/--no-resume", help="continue from OUT/checkpoint/ (a pickle checkpoint.pt is never loaded)"
     )] = True,
-    seed: Annotated[int, typer.Option(help="seed (adapter init, data, noise, random-K layers)")] = 0,
+    seed: Annotated[int, seed_option("seed (adapter init, data, noise, random-K layers)")] = 0,
     target: Annotated[str, typer.Option(help="attn (all attention projections) | text_kv (text K/V only)")] = "attn",
-    checkpoint_every: Annotated[int, typer.Option(help="checkpoint every N steps (0: at the end only)")] = 100,
-    sample_every: Annotated[int, typer.Option(help="sample grid every N steps (0: never)")] = 250,
-    caption_dropout: Annotated[float, typer.Option(help="fraction of empty prompts (for guidance)")] = 0.1,
+    checkpoint_every: Annotated[int, count_option("--checkpoint-every", "checkpoint every N steps (0: at the end only)",
+                                                  low=0, high=10_000_000)] = 100,
+    sample_every: Annotated[int, count_option("--sample-every", "sample grid every N steps (0: never)", low=0,
+                                              high=10_000_000)] = 250,
+    caption_dropout: Annotated[float, number_option("--caption-dropout", "fraction of empty prompts (for guidance)",
+                                                    0, 1, high_open=True)] = 0.1,
     device: Annotated[str | None, typer.Option(help="cpu to force the CPU (default: accelerate's choice)")] = None,
 ) -> None:
     """Train a LoRA on only the chosen text layers; writes pytorch_lora_weights.safetensors (diffusers format)."""
@@ -80,27 +93,28 @@ def _data_line(report: dict) -> str:
 
 
 def bench_finetune_command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="folder for results.json, results.md and grids")],
+    out: Annotated[Path, out_dir_option("folder for results.json, results.md and grids")],
     model: ModelOpt = "embedded",
     scenario: Annotated[str, typer.Option(
         help="serif | mono | long | letters-QXZJ | all | font=..,letters=..,len=N-M,words=1|2"
     )] = "serif",
-    steps: Annotated[int, typer.Option(help="training steps per arm (same budget for all)")] = 300,
+    steps: Annotated[int, count_option("--steps", "training steps per arm (same budget for all)",
+                                       high=10_000_000)] = 300,
     layers_localized: Annotated[str, typer.Option(
         help="the localized layers: preset | PATH/summary.json | names or indices"
     )] = "preset",
     random_seeds: Annotated[str, typer.Option(help="seeds of the random layer sets, comma-separated")] = "0,1",
-    n_test: Annotated[int, typer.Option(help="held-out test prompts")] = 50,
-    rank: Annotated[int, typer.Option(help="LoRA rank")] = 4,
-    lr: Annotated[float, typer.Option(help="learning rate")] = 1e-4,
-    batch_size: Annotated[int, typer.Option(help="batch size")] = 8,
-    seed: Annotated[int, typer.Option(help="training and sampling seed")] = 0,
-    ocr: Annotated[str, typer.Option(help="OCR backend")] = "rapidocr",
+    n_test: Annotated[int, count_option("--n-test", "held-out test prompts", high=100_000)] = 50,
+    rank: Annotated[int, count_option("--rank", "LoRA rank", high=1024)] = 4,
+    lr: Annotated[float, number_option("--lr", "learning rate", 0, 1, low_open=True)] = 1e-4,
+    batch_size: Annotated[int, count_option("--batch-size", "batch size", high=4096)] = 8,
+    seed: Annotated[int, seed_option("training and sampling seed")] = 0,
+    ocr: OcrOpt = "rapidocr",
     features: Annotated[str, typer.Option(help="precision/recall features: text-free | colour | pixel | clip")] = (
         "text-free"
     ),
     clip: Annotated[Path | None, typer.Option(help="local CLIP folder (for --features clip)")] = None,
-    sample_steps: Annotated[int, typer.Option(help="denoising steps of the test samples")] = 20,
+    sample_steps: Annotated[int, steps_option("denoising steps of the test samples", flag="--sample-steps")] = 20,
     device: Annotated[str | None, typer.Option(help="cpu to force the CPU (default: accelerate's choice)")] = None,
 ) -> None:
     """Localized vs all-cross-attention vs random-layer LoRA under one budget (embedded model scenarios)."""
