@@ -6,17 +6,21 @@
   offline machine gets a one-line ``ModelLoadError`` instead of a traceback.
 * ``tiny:ARCH``: a tiny random pipeline built offline (``textloc.models.tiny``), for trying the tools without
   weights; ``faithful:NAME`` gives only the structure-faithful denoiser of a real model (layer tables only).
+
+``denoiser_from_config`` builds a denoiser from its ``config.json`` alone on the ``meta`` device (module tree,
+shapes, no weights): the layer table and fingerprint of a model, in seconds, before downloading it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from textloc.errors import ModelLoadError
+from textloc.errors import InputError, ModelLoadError
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded" / "weights"
 
@@ -124,3 +128,60 @@ def _looks_offline(err: Exception) -> bool:
 def _first_line(err: Exception) -> str:
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
+
+
+def _config_file(path: Path) -> Path:
+    """``path`` itself, or the denoiser config inside a model folder (``config.json``, ``unet/``, ``transformer/``)."""
+    if path.is_dir():
+        for candidate in ("config.json", "unet/config.json", "transformer/config.json"):
+            if (path / candidate).is_file():
+                return path / candidate
+        raise InputError(f"{path} holds no config.json (nor unet/config.json or transformer/config.json)")
+    if not path.is_file():
+        raise InputError(f"Config file {path} does not exist")
+    return path
+
+
+def denoiser_from_config(path: str | Path) -> torch.nn.Module:
+    r"""Build the denoiser a diffusers ``config.json`` describes, on the ``meta`` device: no weights, seconds.
+
+    Args:
+        path: a denoiser's ``config.json`` (``unet/config.json``, ``transformer/config.json``), or a folder that
+            holds one.
+
+    Every parameter is a ``meta`` tensor (a shape without storage), so even FLUX.1's 12B parameters cost no
+    memory; ``list_text_layers`` still traces its forward pass (shapes only) to find the execution order.
+
+    Raises:
+        InputError: a missing or unreadable file, not JSON, no or an unknown ``_class_name``, a class textloc
+            does not support, or a config the class rejects (one line each).
+    """
+    import diffusers
+
+    from textloc.core.arch import ARCHITECTURES, SUPPORTED_FAMILIES
+
+    file = _config_file(Path(path).expanduser())
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"Could not read {file}: {type(err).__name__}") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{file} is not JSON (line {err.lineno}: {err.msg})") from None
+    name = config.get("_class_name") if isinstance(config, dict) else None
+    if not isinstance(name, str) or not name:
+        raise InputError(f"Expected a denoiser config.json with a `_class_name`, but {file} has none")
+    if name not in ARCHITECTURES:
+        known = "a diffusers class textloc does not support" if hasattr(diffusers, name) else "not a diffusers class"
+        raise InputError(f"{file}: {name} is {known}; textloc supports {SUPPORTED_FAMILIES}")
+    from diffusers.utils import logging as diffusers_logging
+
+    previous = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # unused-key notes from older configs are not the user's problem
+    try:
+        with torch.device("meta"):
+            model = getattr(diffusers, name).from_config(config)
+    except Exception as err:  # diffusers raises many types for inconsistent configs
+        raise InputError(f"Could not build {name} from {file}: {_first_line(err)}") from None
+    finally:
+        diffusers_logging.set_verbosity(previous)
+    return model.eval()
