@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from textloc.apps.finetune.core import (
+from textloc.apps.finetune import (
     PeakMemory,
     SavedTensorMeter,
     SyntheticData,
@@ -104,16 +104,20 @@ def measure(base: Any, layers: list[str], args: argparse.Namespace) -> dict[str,
 
 
 def report(title: str, rows: dict[str, dict[str, Any]], device: str) -> None:
+    from textloc.runs.tables import markdown_table
+
     memory = "peak CUDA MB" if device.startswith("cuda") else "peak RSS +MB"
-    print(f"\n## {title}\n")
-    print(f"| variant | layers | trainable params | share | step ms min / median / max | {memory} "
-          "| autograd-saved MB |")
-    print("|---|---:|---:|---:|---|---:|---:|")
+    headers = ["variant", "layers", "trainable params", "share", "step ms min / median / max", memory,
+               "autograd-saved MB"]
+    table = []
     for name, row in rows.items():
         ms = [t * 1000 for t in row["times"]]
-        print(f"| {name} | {row['layers']} | {row['trainable']:,} | {row['share']:.3%} "
-              f"| {min(ms):.1f} / {statistics.median(ms):.1f} / {max(ms):.1f} | {row['peak'] / 2**20:.1f} "
-              f"| {row['saved'] / 2**20:.2f} |")
+        table.append([name, row["layers"], row["trainable"], row["share"],
+                      f"{min(ms):.1f} / {statistics.median(ms):.1f} / {max(ms):.1f}", row["peak"] / 2**20,
+                      row["saved"] / 2**20])
+    print(f"\n## {title}\n")
+    print(markdown_table(headers, table, formats=[None, None, "{:,}", "{:.3%}", None, "{:.1f}", "{:.2f}"],
+                         align="lrrrlrr"))
 
 
 def main() -> None:
