@@ -213,6 +213,34 @@ def test_resume_never_unpickles_a_planted_checkpoint_pt(embedded_base, tmp_path)
     assert sorted(p.name for p in (run / CHECKPOINT_NAME).iterdir()) == ["meta.json", "tensors.safetensors"]
 
 
+def test_corrupt_checkpoint_stops_resume_before_the_pipeline_is_touched(embedded_base, tmp_path) -> None:
+    from textloc.runs.checkpoint import CheckpointError
+
+    finetune(copy.deepcopy(embedded_base), [4], "synthetic", tmp_path, steps=1, **FAST)
+    tensors = tmp_path / CHECKPOINT_NAME / "tensors.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:-16])  # truncated, e.g. by a full disk
+    pipe = copy.deepcopy(embedded_base)
+    with pytest.raises(CheckpointError, match="truncated"):
+        finetune(pipe, [4], "synthetic", tmp_path, steps=2, **FAST)
+    assert not getattr(pipe.unet, "peft_config", None)  # no adapter was added
+    result = finetune(pipe, [4], "synthetic", tmp_path, steps=1, resume=False, **FAST)  # --no-resume starts over
+    assert result.resumed_from == 0 and checkpoint_exists(tmp_path / CHECKPOINT_NAME)
+
+
+def test_finetune_reaches_the_embedded_model_only_through_its_profile(embedded) -> None:
+    """apps.finetune asks the profile (objective, data, scenarios); it never imports the model's package."""
+    import textloc.apps.finetune as package
+    from textloc.models.profiles import profile_for
+
+    sources = Path(package.__file__).parent.glob("*.py")
+    assert not [f.name for f in sources if "textloc.models.embedded" in f.read_text()]
+    recipe = profile_for(embedded).training
+    objective = objective_for(embedded)
+    assert recipe is not None and objective.recipe is recipe and objective.crop_images is False
+    assert objective.image_size == (renderer.HEIGHT, renderer.WIDTH)
+    assert objective_for(build_tiny_pipeline("sd15")).crop_images  # a diffusers family: its standard objective
+
+
 # ------------------------------------------------------------------------------------------------ data
 
 
@@ -220,7 +248,7 @@ def _write_sign(path: Path, text: str, seed: int) -> None:
     renderer.render(renderer.random_spec(random.Random(seed), text)).resize((128, 48)).save(path)
 
 
-def test_folder_data_skips_corrupt_images_and_missing_captions(embedded, tmp_path) -> None:
+def test_folder_data_skips_corrupt_images_and_missing_captions(embedded_base, tmp_path) -> None:
     folder = tmp_path / "data"
     folder.mkdir()
     for i, word in enumerate(["CAT", "DOG", "SUN"]):
@@ -243,8 +271,11 @@ def test_folder_data_skips_corrupt_images_and_missing_captions(embedded, tmp_pat
         data.batch(step, 2, (24, 64))
     assert len(data.report.corrupt_images) == 2
 
-    result = finetune(embedded, [5], str(folder), tmp_path / "run", steps=1, **FAST)
+    result = finetune(copy.deepcopy(embedded_base), [5], str(folder), tmp_path / "run", steps=1, **FAST)
     assert result.data["usable"] == 2 and result.data["skipped"] == 3  # a fresh scan sees 1.png broken too
+    (folder / "0.txt").write_text('a sign that says "COW"')  # the data changed in place: no silent resume
+    with pytest.raises(InputError, match="inputs.data"):
+        finetune(copy.deepcopy(embedded_base), [5], str(folder), tmp_path / "run", steps=2, **FAST)
 
 
 def test_jsonl_data_reports_every_kind_of_bad_record(tmp_path) -> None:
