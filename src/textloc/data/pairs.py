@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import os
 import random
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from textloc.data.quotes import Span, spans
 from textloc.errors import InputError
 
 BENCHMARKS = ("simplebench", "creativebench")
-_QUOTED = re.compile(r'"([^"]+)"')
 _BUCKETS = ("top_1000", "1000_10000", "10000_100000", "100000_plus")
 
 
@@ -37,6 +36,11 @@ class PromptPair:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _first_text(prompt: str) -> Span | None:
+    """The prompt's first non-empty quoted span (``textloc.data.quotes``), the text a pair swaps."""
+    return next((span for span in spans(prompt) if span.text), None)
 
 
 def benchmark_root() -> Path:
@@ -79,7 +83,7 @@ def read_prompts(path: str | Path) -> list[str]:
     if not prompts:
         raise InputError(f"Prompt file {path} is empty")
     for number, prompt in enumerate(prompts, 1):
-        if not _QUOTED.search(prompt):
+        if _first_text(prompt) is None:
             raise InputError(f"{path}:{number}: no quoted text in prompt {prompt!r}")
     return prompts
 
@@ -98,16 +102,16 @@ def derangement(n: int, rng: random.Random) -> list[int]:
 def text_pairs(prompts: list[str], n: int | None, seed: int) -> list[PromptPair]:
     """Pair each prompt's quoted text with another prompt's (seeded derangement), keeping the template."""
     rng = random.Random(seed)
-    texts = [_QUOTED.search(p).group(1) for p in prompts]  # type: ignore[union-attr]
+    texts = [_first_text(p).text for p in prompts]  # type: ignore[union-attr]
     order = derangement(len(prompts), rng)
     pairs = []
     for i, j in enumerate(order):
         if texts[j] == texts[i]:
             continue
         source = prompts[i]
-        match = _QUOTED.search(source)
-        assert match is not None
-        target = source[: match.start(1)] + texts[j] + source[match.end(1) :]
+        span = _first_text(source)
+        assert span is not None
+        target = source[: span.start] + texts[j] + source[span.end :]
         pairs.append(PromptPair(f"p{i:04d}", source, target, texts[i], texts[j], seed * 100_003 + i))
     return pairs[:n] if n else pairs
 

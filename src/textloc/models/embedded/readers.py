@@ -65,13 +65,11 @@ def font(image: Image.Image, text: str, background: str | None = None, text_colo
 def attribute_reader(attribute: str):
     """``reader(images, pairs) -> values`` for ``style`` (font by template matching of the pair's source text),
     ``colour`` (text colour) or ``background``; localization scores an attribute with it."""
-    import re
-
+    from textloc.data.quotes import quoted_texts
     from textloc.errors import InputError
 
     def source_text(pair) -> str:
-        match = re.search(r'"([^"]+)"', pair.source)
-        return match.group(1).upper() if match else ""
+        return next((text for text in quoted_texts(pair.source) if text), "").upper()
 
     if attribute == "style":
         return lambda images, pairs: [font(im, source_text(p)) for im, p in zip(images, pairs, strict=True)]

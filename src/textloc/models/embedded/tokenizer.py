@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import random
 import re
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from textloc.data.quotes import quoted_texts, spans
 from textloc.models.embedded.renderer import ALPHABET, COLOURS, FONTS, SignSpec
 
 SPECIAL_TOKENS = ["[PAD]", "[BOS]", "[EOS]", "[UNK]", '"']
@@ -33,37 +35,48 @@ PAD_ID, BOS_ID, EOS_ID, UNK_ID, QUOTE_ID = range(5)
 CHAR_START = len(SPECIAL_TOKENS)
 CHAR_END = CHAR_START + len(CHAR_TOKENS)
 MAX_LENGTH = 32
+_CHAR_SET = frozenset(ALPHABET) | {" "}
 
-_QUOTED = re.compile(r'"([^"]*)"')
 _WORD = re.compile(r"[A-Za-z]+")
 
 
 def quoted_spans(prompt: str) -> list[str]:
-    """The quoted strings of a prompt, in order."""
-    return _QUOTED.findall(prompt)
+    """The quoted strings of a prompt, in order (``textloc.data.quotes``, the one quoted-text parser)."""
+    return quoted_texts(prompt)
 
 
-def rendered_strings(prompt: str) -> list[str]:
-    """The strings the model renders for ``prompt``: its quoted spans as the tokenizer turns them into
-    character tokens (case-mapped; a character without a token becomes ``\ufffd``)."""
-    out = []
-    for tokens in _char_runs(EmbeddedTokenizer().tokenize(prompt)):
-        out.append("".join("\ufffd" if tok == "[UNK_CHAR]" else tok for tok in tokens))
+def quoted_chars(text: str) -> list[str]:
+    """The character tokens of one quoted text: each character upper-cased on its own (``"ſ"`` -> ``S``,
+    ``"ß"`` -> ``S S``), invisible format characters (zero-width, bidi controls, soft hyphen: Unicode
+    category Cf) dropped, anything without a token ``[UNK_CHAR]``."""
+    out: list[str] = []
+    for char in text:
+        if unicodedata.category(char) == "Cf":
+            continue
+        out += [c if c in _CHAR_SET else "[UNK_CHAR]" for c in char.upper()]
     return out
 
 
-def _char_runs(tokens: list[str]) -> list[list[str]]:
-    runs, current = [], None
+def rendered_strings(prompt: str, max_length: int = MAX_LENGTH) -> list[str]:
+    """The strings the model renders for ``prompt``, one per quoted span (``textloc.data.quotes.spans``).
+
+    Exactly what reaches the text encoder as character tokens: :func:`quoted_chars` of each span, cut where
+    ``encode`` truncates the prompt (a span cut open still renders its first characters; a span past the cut
+    renders nothing, ``""``). A character without a token is ``\ufffd`` (the model draws *some* glyph for it).
+    """
+    tokens = EmbeddedTokenizer(model_max_length=max_length).tokenize(prompt)[: max(0, max_length - 2)]
+    out: list[str] = []
+    current: list[str] | None = None
     for tok in tokens:
         if tok == '"':
-            if current is None:
-                current = []
-            else:
-                runs.append(current)
-                current = None
+            if current is not None:
+                out.append("".join(current))
+            current = None if current is not None else []
         elif current is not None:
-            current.append(tok)
-    return runs
+            current.append("\ufffd" if tok == "[UNK_CHAR]" else tok)
+    if current is not None:
+        out.append("".join(current))
+    return out + [""] * (len(quoted_texts(prompt)) - len(out))
 
 
 class EmbeddedTokenizer:
@@ -77,15 +90,13 @@ class EmbeddedTokenizer:
 
     # -- encoding ---------------------------------------------------------------------------------------
     def tokenize(self, prompt: str) -> list[str]:
+        """Word tokens outside quotes, character tokens (:func:`quoted_chars`) inside each quoted span."""
         tokens: list[str] = []
         pos = 0
-        for match in _QUOTED.finditer(prompt):
-            tokens += self._words(prompt[pos : match.start()])
-            tokens.append('"')
-            for char in match.group(1).upper():
-                tokens.append(char if char in self.ids and char in CHAR_TOKENS else "[UNK_CHAR]")
-            tokens.append('"')
-            pos = match.end()
+        for span in spans(prompt):
+            tokens += self._words(prompt[pos : span.start - 1])
+            tokens += ['"', *quoted_chars(span.text), '"']
+            pos = span.end + 1
         tokens += self._words(prompt[pos:])
         return tokens
 
