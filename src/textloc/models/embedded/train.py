@@ -1,8 +1,10 @@
 """Training recipe of the embedded model: synthetic data rendered on the fly, v-prediction, EMA, resumable.
 
 Every batch is a pure function of ``(config.seed, step)``, so a run that is killed and resumed from its last
-checkpoint sees exactly the data it would have seen uninterrupted. Checkpoints are written atomically
-(temp file + rename), so a kill during a save never leaves a corrupt checkpoint.
+checkpoint sees exactly the data it would have seen uninterrupted. Checkpoints are folders written by
+``textloc.runs.checkpoint`` (``OUT/checkpoint/``: safetensors + JSON, never a pickle) atomically (temp folder +
+rename), so a kill during a save never leaves a corrupt checkpoint. A ``checkpoint.pt`` left by older versions
+is never loaded.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from textloc.models.embedded import renderer
 from textloc.models.embedded.pipeline import EmbeddedTextPipeline, build_untrained, coordinate_channels
 from textloc.models.embedded.tokenizer import make_prompt
 from textloc.models.embedded.words import TRAIN_WORDS
+from textloc.runs.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -98,12 +101,6 @@ def v_prediction_loss(
     return (per_sample * weight.float()).mean()
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _sample_grid(pipe: EmbeddedTextPipeline, path: Path, seed: int = 0) -> None:
     rng = random.Random(seed)
     prompts = [
@@ -136,16 +133,11 @@ def train(config: TrainConfig, out_dir: str | Path, max_minutes: float | None = 
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
     step = 0
-    ckpt = out / "checkpoint.pt"
+    ckpt = out / "checkpoint"
+    modules = {"unet": unet, "text_encoder": text_encoder}
     log = (out / "log.jsonl").open("a")
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
-        optimizer.load_state_dict(state["optimizer"])
-        ema.load_state_dict(state["ema"])
-        step = state["step"]
-        torch.set_rng_state(state["torch_rng"])
+    if checkpoint_exists(ckpt):
+        step = int(load_checkpoint(ckpt, modules=modules, optimizer=optimizer, ema=ema)["step"])
     start_time, start_step = time.time(), step
     bar = tqdm(total=config.max_steps, initial=step, desc="train-embedded", dynamic_ncols=True)
     coords = None
@@ -178,12 +170,8 @@ def train(config: TrainConfig, out_dir: str | Path, max_minutes: float | None = 
                                   "time": time.time()}) + "\n")
             log.flush()
         if step % config.checkpoint_every == 0 or step == config.max_steps:
-            _atomic_save(
-                {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
-                 "optimizer": optimizer.state_dict(), "ema": ema.state_dict(), "step": step,
-                 "torch_rng": torch.get_rng_state()},
-                ckpt,
-            )
+            save_checkpoint(ckpt, modules=modules, optimizer=optimizer, ema=ema,
+                            meta={"step": step, "config": asdict(config)})
         if step % config.sample_every == 0:
             export_ema(pipe, ema, params, out / "ema")
             _sample_grid(EmbeddedTextPipeline.from_pretrained_dir(out / "ema"), out / f"samples_{step:06d}.png")

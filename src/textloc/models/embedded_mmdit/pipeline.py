@@ -108,6 +108,33 @@ class EmbeddedMMDiTPipeline(DiffusionPipeline, SD3LoraLoaderMixin):
         super().save_pretrained(save_directory, **kwargs)
         self.tokenizer.save_pretrained(Path(save_directory) / "tokenizer")
 
+    def load_lora_weights(  # type: ignore[override]
+        self,
+        pretrained_model_name_or_path_or_dict: str | Path | dict[str, torch.Tensor],
+        adapter_name: str | None = None,
+        hotswap: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """``SD3LoraLoaderMixin.load_lora_weights`` for the transformer only (SD3's version also loads into
+        ``text_encoder_2``, which this pipeline does not have). Safetensors files only."""
+        if isinstance(pretrained_model_name_or_path_or_dict, dict):
+            pretrained_model_name_or_path_or_dict = pretrained_model_name_or_path_or_dict.copy()
+        elif isinstance(pretrained_model_name_or_path_or_dict, Path):
+            pretrained_model_name_or_path_or_dict = str(pretrained_model_name_or_path_or_dict)
+        low_cpu_mem_usage = kwargs.pop("low_cpu_mem_usage", False)
+        kwargs.setdefault("use_safetensors", True)
+        kwargs["return_lora_metadata"] = True
+        state_dict, metadata = self.lora_state_dict(pretrained_model_name_or_path_or_dict, **kwargs)
+        if not all("lora" in key for key in state_dict):
+            raise ValueError("Invalid LoRA checkpoint. Make sure all LoRA param names contain `'lora'` substring.")
+        others = sorted({key.split(".")[0] for key in state_dict if not key.startswith(f"{self.transformer_name}.")})
+        if others:
+            raise ValueError(f"This pipeline loads LoRA weights into the transformer only, but got keys for {others}")
+        self.load_lora_into_transformer(
+            state_dict, transformer=self.transformer, adapter_name=adapter_name, metadata=metadata, _pipeline=self,
+            low_cpu_mem_usage=low_cpu_mem_usage, hotswap=hotswap,
+        )
+
     @property
     def native_size(self) -> tuple[int, int]:
         return (HEIGHT, WIDTH)
