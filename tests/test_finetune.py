@@ -372,6 +372,32 @@ class _BlankReader:
         return ["" for _ in images]
 
 
+class _EchoReader:
+    """Reads back given strings (an OCR that is right, up to case and punctuation, or wrong)."""
+
+    def __init__(self, texts):
+        self.texts = texts
+
+    def read(self, images):
+        return list(self.texts)
+
+
+def test_score_signs_uses_shared_text_scores_and_the_profile_colour_reader() -> None:
+    from textloc.apps.finetune import score_signs
+    from textloc.models.profiles import profile_named
+
+    profile = profile_named("embedded")
+    specs = SCENARIOS["serif"].test_specs(6)
+    cases = SCENARIOS["serif"].test_cases(6)
+    assert [c.text for c in cases] == [s.text for s in specs]
+    images = [renderer.render(spec) for spec in specs]  # ground-truth renders: colours read back exactly
+    right = score_signs(cases, images, _EchoReader([f" {c.text.lower()}!" for c in cases]), profile)
+    assert right["exact"] == 1.0 and right["cer"] == 0.0
+    assert right["background_acc"] == 1.0 and right["text_colour_acc"] == 1.0
+    wrong = score_signs(cases, images[::-1], _EchoReader(["" for _ in cases]), profile)
+    assert wrong["exact"] == 0.0 and wrong["cer"] == 1.0 and wrong["background_acc"] < 1.0
+
+
 def test_bench_finetune_writes_results_for_every_arm(embedded_base, tmp_path) -> None:
     payload = bench_finetune(lambda: copy.deepcopy(embedded_base), "serif", 1, tmp_path, layers_localized=[5],
                              random_seeds=(0,), n_test=5, batch_size=2, ocr=_BlankReader(), sample_steps=2,

@@ -2,7 +2,7 @@
 
 One concept per module: ``config`` (settings, result, file names), ``lora`` (targets, adapter, diffusers file),
 ``data`` (training data), ``objectives`` (losses), ``resume`` (pickle-free checkpoints), ``measure`` (memory),
-``train`` (run folder and step loop), ``bench`` (the benchmark).
+``train`` (run folder and step loop), ``evaluate`` (held-out scoring), ``bench`` (the benchmark).
 """
 
 from textloc.apps.finetune.bench import bench_finetune, bench_markdown, bench_variants
@@ -15,6 +15,7 @@ from textloc.apps.finetune.config import (
     FinetuneResult,
 )
 from textloc.apps.finetune.data import DataReport, ImageCaptionData, SyntheticData, TrainingData, load_data
+from textloc.apps.finetune.evaluate import generate_images, score_signs
 from textloc.apps.finetune.lora import (
     add_lora,
     expected_lora_parameters,
@@ -33,6 +34,6 @@ __all__ = [
     "CHECKPOINT_NAME", "LOG_NAME", "LORA_WEIGHT_NAME", "SUMMARY_NAME", "DataReport", "FinetuneConfig",
     "FinetuneResult", "ImageCaptionData", "Objective", "PeakMemory", "SavedTensorMeter", "SyntheticData",
     "TrainingData", "add_lora", "bench_finetune", "bench_markdown", "bench_variants", "expected_lora_parameters",
-    "finetune", "load_data", "load_lora_pipeline", "lora_state_dict", "lora_target_modules", "objective_for",
-    "parameter_share", "resolve_layer_spec", "save_lora",
+    "finetune", "generate_images", "load_data", "load_lora_pipeline", "lora_state_dict", "lora_target_modules",
+    "objective_for", "parameter_share", "resolve_layer_spec", "save_lora", "score_signs",
 ]
