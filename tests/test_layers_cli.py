@@ -47,14 +47,19 @@ def test_unet_execution_order_is_down_mid_up_not_registration_order() -> None:
 
 @pytest.mark.parametrize(("preset", "faithful"), [("sdxl", "sdxl"), ("sd3-medium", "sd3-medium"),
                                                   ("if-i-xl", "if-i-xl")])
-def test_presets_match_structure_faithful_models(preset: str, faithful: str) -> None:
+def test_structure_faithful_models_have_the_preset_layers_but_not_the_published_config(preset: str,
+                                                                                       faithful: str) -> None:
+    """Tiny widths keep the layout (count, names at the preset's indices) but are not the published model."""
     model = build_structure_faithful_denoiser(faithful)
     layers = list_text_layers(model)
     p = get_preset(preset)
     assert len(layers) == p.total_layers
     assert [layers[i].name for i in p.indices] == list(p.names)
-    assert preset_for(model) is p
-    assert choose_layers(model, "preset") == list(p.names)
+    with pytest.raises(PlanMismatchError, match="config differs"):
+        p.check(model)
+    assert preset_for(model) is None
+    with pytest.raises(PlanMismatchError, match=f"No published preset.*{preset}"):
+        choose_layers(model, "preset")
 
 
 def test_sdxl_preset_is_the_published_layers() -> None:

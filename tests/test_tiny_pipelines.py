@@ -295,7 +295,21 @@ def test_if_i_xl_faithful_text_attention_layers() -> None:
     assert len(text_attn) == 22
     assert unet.config.down_block_types[0] == "ResnetDownsampleBlock2D"
     assert unet.config.mid_block_type == "UNetMidBlock2DSimpleCrossAttn"
-    assert [unet.get_submodule(f"down_blocks.{i}.attentions.0").heads for i in (1, 2, 3)] == [16, 24, 32]
+    # the real IF-I-XL: widths [704, 1408, 2112, 2816] at 64 per head -> 22 / 33 / 44 heads, 44 in the mid block
+    assert [unet.get_submodule(f"down_blocks.{i}.attentions.0").heads for i in (1, 2, 3)] == [22, 33, 44]
+    assert [unet.get_submodule(f"up_blocks.{i}.attentions.0").heads for i in (0, 1, 2)] == [44, 33, 22]
+    assert unet.mid_block.attentions[0].heads == 44
+
+
+def test_if_i_xl_faithful_is_the_real_config_scaled_consistently() -> None:
+    """Every width is the published one divided by the same factor (issue #13: 704/1408/2112/2816, 2816)."""
+    cfg = build_structure_faithful_denoiser("if-i-xl").config
+    scale = 704 // cfg.block_out_channels[0]
+    assert scale > 1
+    assert [w * scale for w in cfg.block_out_channels] == [704, 1408, 2112, 2816]
+    assert cfg.cross_attention_dim * scale == 2816 and cfg.attention_head_dim * scale == 64
+    assert cfg.encoder_hid_dim * scale == 4096
+    assert (cfg.layers_per_block, cfg.in_channels, cfg.out_channels, cfg.sample_size) == (3, 3, 6, 64)
 
 
 @pytest.mark.parametrize("name", STRUCTURE_FAITHFUL_DENOISERS)

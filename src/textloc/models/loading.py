@@ -184,4 +184,14 @@ def denoiser_from_config(path: str | Path) -> torch.nn.Module:
         raise InputError(f"Could not build {name} from {file}: {_first_line(err)}") from None
     finally:
         diffusers_logging.set_verbosity(previous)
-    return model.eval()
+    model.eval()
+    from textloc.core.layers import list_text_layers
+    from textloc.errors import TextlocError
+
+    try:  # the trace (cached on the model) is where an inconsistent config shows; report it here, as one line
+        list_text_layers(model)
+    except TextlocError:
+        raise
+    except Exception as err:
+        raise InputError(f"Could not trace {name} built from {file}: {_first_line(err)}") from None
+    return model
