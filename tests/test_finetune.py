@@ -227,6 +227,18 @@ def test_corrupt_checkpoint_stops_resume_before_the_pipeline_is_touched(embedded
     assert result.resumed_from == 0 and checkpoint_exists(tmp_path / CHECKPOINT_NAME)
 
 
+def test_a_live_run_folder_is_neither_resumed_nor_wiped_by_a_second_process(embedded_base, tmp_path) -> None:
+    import fcntl
+
+    finetune(copy.deepcopy(embedded_base), [4], "synthetic", tmp_path, steps=1, **FAST)
+    with (tmp_path / ".lock").open("a") as held:  # another process is training in this folder
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for resume in (True, False):
+            with pytest.raises(InputError, match="in use"):
+                finetune(copy.deepcopy(embedded_base), [4], "synthetic", tmp_path, steps=2, resume=resume, **FAST)
+        assert checkpoint_exists(tmp_path / CHECKPOINT_NAME) and (tmp_path / "config.json").is_file()
+
+
 def test_finetune_reaches_the_embedded_model_only_through_its_profile(embedded) -> None:
     """apps.finetune asks the profile (objective, data, scenarios); it never imports the model's package."""
     import textloc.apps.finetune as package

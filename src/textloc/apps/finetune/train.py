@@ -53,8 +53,13 @@ from textloc.apps.finetune.measure import PeakMemory, SavedTensorMeter
 from textloc.apps.finetune.objectives import Objective, objective_for
 from textloc.core.layers import get_denoiser, model_fingerprint
 from textloc.errors import InputError
-from textloc.runs.folder import CONFIG_NAME, RunFolder
+from textloc.runs.folder import CONFIG_NAME, LOCK_NAME, RunFolder
 from textloc.runs.grids import auto_scale, chunk, image_grid
+
+try:  # POSIX only; elsewhere the folder is not locked (as in runs.folder)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -175,10 +180,26 @@ def finetune(
 
 
 def _start_over(out: Path) -> None:
-    """``--no-resume``: forget the previous run's settings, state and log (its other outputs are overwritten)."""
-    state.discard(out)
-    for name in (CONFIG_NAME, LOG_NAME):
-        (out / name).unlink(missing_ok=True)
+    """``--no-resume``: forget the previous run's settings, state and log (its other outputs are overwritten).
+
+    Done under the run folder's lock, so a live run in the same folder is refused, never robbed of its state.
+    """
+    if not out.is_dir():
+        return
+    if fcntl is None:  # pragma: no cover
+        state.discard(out)
+        for name in (CONFIG_NAME, LOG_NAME):
+            (out / name).unlink(missing_ok=True)
+        return
+    with (out / LOCK_NAME).open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the handle closes
+        except OSError:
+            raise InputError(f"{out} is in use by another textloc process; wait for it to finish or use "
+                             "another --out folder") from None
+        state.discard(out)
+        for name in (CONFIG_NAME, LOG_NAME):
+            (out / name).unlink(missing_ok=True)
 
 
 def _truncate_log(folder: RunFolder, last_step: int) -> None:
