@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 
-from textloc.apps.edit.core import default_start_step
+from textloc.apps.edit import default_start_step
 from textloc.core.engine import generate
 from textloc.core.layers import list_text_layers
 from textloc.core.plan import PatchPlan

@@ -1,11 +1,14 @@
-"""Text editing: the edit itself, its defaults and errors, the CLI, start-step tuning and the benchmark harness.
+"""Text editing: the edit, its defaults and errors, the verdict and exit codes, the output folder, source reuse,
+start-step tuning and the benchmark harness.
 
-The untrained embedded model renders no legible text, so most tests use a stub OCR reader (or none); they
-check the editing plumbing and invariants, not text quality.
+The untrained embedded model renders no legible text, so the tests use a stub OCR reader (or none) and, where
+a verdict depends on colours, stubbed colour readers; they check the editing plumbing and invariants, not text
+quality.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from functools import cache
@@ -16,26 +19,28 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from textloc.models import presets
-from textloc.apps.edit.core import (
-    EMBEDDED_START_STEP,
-    EMBEDDED_STEPS,
+from textloc.apps.edit import (
     BenchConfig,
+    bench_pairs,
+    default_start_step,
     edit_text,
-    embedded_bench_pairs,
     glyph_bench_pairs,
+    outputs,
     renderable_pairs,
     replace_quoted,
     run_edit_bench,
     tune_start_step,
 )
-from textloc.apps.edit.core import default_start_step as start_for
+from textloc.apps.edit.verdict import MISS_EXIT_CODE, Verdict
 from textloc.cli.app import app, main
 from textloc.core.engine import generate
 from textloc.core.layers import list_text_layers
 from textloc.core.plan import PatchPlan
 from textloc.errors import InputError, PlanMismatchError, UnknownLayerError
+from textloc.models import presets
+from textloc.models.embedded import benchpairs, readers
 from textloc.models.embedded.pipeline import build_untrained
+from textloc.models.profiles import ModelProfile, profile_for
 
 PROMPT = 'a red sign with white serif letters that says "CAT"'
 LAYERS = [3, 4]
@@ -62,30 +67,52 @@ def embedded():
     return pipe
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The untrained embedded pipeline saved as a folder, so the CLI can load it with --model."""
-    folder = tmp_path_factory.mktemp("embedded") / "model"
-    embedded().save_pretrained(folder)
-    return str(folder)
+def _count_denoiser_calls(pipe) -> list[int]:
+    calls = [0]
+    pipe.unet.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.fixture()
+def cli_model(monkeypatch: pytest.MonkeyPatch):
+    """The CLI loads a fresh untrained embedded pipeline (counted denoiser calls) and reads with a stub."""
+    pipe = build_untrained()
+    pipe.set_progress_bar_config(disable=True)
+    pipe.calls = _count_denoiser_calls(pipe)
+    monkeypatch.setattr("textloc.models.loading.load_pipeline", lambda _model: pipe)
+    reader = StubOCR("DOG")
+    monkeypatch.setattr(ModelProfile, "reader", lambda self, ocr="rapidocr": reader)
+    colours = {"background": "red", "text": "white"}
+    monkeypatch.setattr(readers, "background_colour", lambda image: colours["background"])
+    monkeypatch.setattr(readers, "text_colour", lambda image, background=None: colours["text"])
+    pipe.stub_reader, pipe.stub_colours = reader, colours
+    return pipe
+
+
+def _edit_args(out: Path, *extra: str, to: str = "DOG") -> list[str]:
+    return ["edit", "--prompt", PROMPT, "--to", to, "--layers", "3,4", "--steps", str(STEPS), "--start-step", "1",
+            "--out", str(out), *extra]
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The edit
+# The edit (Python API)
 
 
 def test_same_text_reproduces_the_source_bit_for_bit() -> None:
     result = edit_text(embedded(), PROMPT, "CAT", layers=LAYERS, start_step=1, num_inference_steps=STEPS, ocr=None)
     assert np.array_equal(result.source_array, result.edited_array)
     assert result.source_image.tobytes() == result.edited_image.tobytes()
-    assert result.metrics["mse"] == 0.0 and result.metrics["psnr"] is None and result.metrics["ssim"] == 1.0
+    # PSNR of identical images is the one rule of eval.scoring: 100 dB
+    assert result.metrics["mse"] == 0.0 and result.metrics["psnr"] == 100.0 and result.metrics["ssim"] == 1.0
+    assert result.metrics["background_kept"] is True and result.metrics["text_colour_kept"] in (True, None)
     assert all(steps == [1, 2, 3] for steps in result.fired.values()) and len(result.fired) == 2
 
 
 def test_edit_changes_the_image_and_the_source_is_the_plain_generation() -> None:
     pipe = embedded()
+    phases: list[tuple[str, int, int]] = []
     result = edit_text(pipe, PROMPT, "DOG", layers=LAYERS, start_step=1, num_inference_steps=STEPS, seed=3,
-                       ocr=StubOCR("CAT"))
+                       ocr=StubOCR("CAT"), on_step=lambda *a: phases.append(a))
     plain = pipe(PROMPT, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(3), output_type="np")
     assert np.array_equal(result.source_array, plain.images[0])
     assert not np.array_equal(result.source_array, result.edited_array)
@@ -94,8 +121,23 @@ def test_edit_changes_the_image_and_the_source_is_the_plain_generation() -> None
     assert result.plan.start_step == 1 and len(result.plan.layers) == 2 and result.plan.model
     m = result.metrics
     assert m["source_read"] == "CAT" and m["read"] == "CAT" and m["exact"] is False and m["edit_distance"] == 3
-    assert 0 < m["mse"] and m["ssim"] < 1 and m["clip_t"] is None
+    assert 0 < m["mse"] and m["ssim"] < 1 and m["psnr"] < 100.0 and m["clip_t"] is None
     json.dumps(result.to_dict())  # metrics.json must serialise
+    # progress: every step of the source, then of the edit, ending at the schedule's length
+    assert [p for p in phases if p[0] == "source"] == [("source", s, STEPS) for s in range(1, STEPS + 1)]
+    assert phases[-1] == ("edit", STEPS, STEPS)
+
+
+def test_a_reused_source_gives_the_same_edit_without_generating_the_source() -> None:
+    pipe = build_untrained()
+    pipe.set_progress_bar_config(disable=True)
+    calls = _count_denoiser_calls(pipe)
+    first = edit_text(pipe, PROMPT, "DOG", layers=LAYERS, start_step=2, num_inference_steps=STEPS, ocr=None)
+    fresh_calls, calls[0] = calls[0], 0
+    again = edit_text(pipe, PROMPT, "DOG", layers=LAYERS, start_step=2, num_inference_steps=STEPS, ocr=None,
+                      source=first.source_array)
+    assert np.array_equal(again.edited_array, first.edited_array) and again.source_reused
+    assert calls[0] < fresh_calls  # the source run was not repeated
 
 
 def test_multi_word_target_and_span_selection() -> None:
@@ -110,8 +152,8 @@ def test_multi_word_target_and_span_selection() -> None:
 
 @pytest.mark.parametrize(
     ("new_text", "message"),
-    [("", "non-empty"), ("   ", "non-empty"), ("TOOLONG", "longer than the model can render"),
-     ("OPEN LATE", "longer than the model can render"), ("CAT1", "A-Z"), ('SA"Y', "double quotes")],
+    [("", "non-empty"), ("   ", "non-empty"), ("TOOLONG", "7 characters, at most 6"),
+     ("OPEN LATE", "at most 6"), ("CAT1", "cannot draw '1'"), ('SA"Y', "double quotes")],
 )
 def test_bad_new_text(new_text: str, message: str) -> None:
     with pytest.raises(InputError, match=message):
@@ -133,71 +175,235 @@ def test_no_quoted_text_and_bad_layer_files(tmp_path: Path) -> None:
         edit_text(pipe, PROMPT, "DOG", layers=str(unknown), ocr=None)
 
 
-def test_default_start_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_start_steps_come_from_the_profile(monkeypatch: pytest.MonkeyPatch) -> None:
     pipe = embedded()
-    assert start_for(pipe, EMBEDDED_STEPS) == EMBEDDED_START_STEP
-    assert start_for(pipe, 2 * EMBEDDED_STEPS) == 2 * EMBEDDED_START_STEP
+    step, of = profile_for(pipe).edit_start_step
+    assert default_start_step(pipe, of) == step and default_start_step(pipe, 2 * of) == 2 * step
     monkeypatch.setattr(presets, "preset_for", lambda _model: presets.PRESETS["sdxl"])
-    assert start_for(pipe, 50) == 4 and start_for(pipe, 25) == 2 and start_for(pipe, 1) == 0
+    assert default_start_step(pipe, 50) == 4 and default_start_step(pipe, 25) == 2
+    assert default_start_step(pipe, 1) == 0
+
+
+def test_generic_model_background_by_ssim_and_text_colour_not_judged() -> None:
+    """A model without a colour reader (tiny SD 1.5): the background is judged by SSIM, the text colour not."""
+    from textloc.apps.edit.scoring import SSIM_KEPT
+    from textloc.models.loading import load_pipeline
+
+    pipe = load_pipeline("tiny:sd15")
+    assert profile_for(pipe).colours is None
+    result = edit_text(pipe, 'a sign that says "CAT"', "DOG", layers=[0], start_step=0, num_inference_steps=2,
+                       ocr=StubOCR("DOG"), height=32, width=32)
+    m = result.metrics
+    assert "text_colour_kept" not in m and m["background_kept"] == (m["ssim"] >= SSIM_KEPT) and m["exact"] is True
 
 
 # ------------------------------------------------------------------------------------------------------------
-# CLI
+# The verdict
 
 
-def test_cli_edit_writes_all_outputs(model_dir: str, tmp_path: Path) -> None:
+def _verdict(**changes) -> Verdict:
+    base = dict(target_text="BYE", read="BYE", text_exact=True, background_kept=True, text_colour_kept=True,
+                background_rule="colour", ssim=0.9, start_step=1, num_inference_steps=20, default_layers=True)
+    return Verdict(**{**base, **changes})
+
+
+def test_verdict_says_what_missed_and_what_to_try() -> None:
+    ok = _verdict()
+    assert not ok.missed and ok.line().startswith("verdict: ok") and ok.miss_message() is None
+    assert ok.suggestions() == []
+    misread = _verdict(read="BYF", text_exact=False)
+    assert misread.missed and 'read as "BYF", not "BYE"' in misread.miss_message()
+    assert any("--seed" in s for s in misread.suggestions())
+    assert any("earlier --start-step 0" in s for s in misread.suggestions())
+    assert not any("--layers" in s for s in misread.suggestions())  # already the full-score set
+    moved = _verdict(background_kept=False, default_layers=False)
+    assert moved.missed and "background changed" in moved.miss_message()
+    assert any("later --start-step 2" in s for s in moved.suggestions())
+    assert any("--layers preset" in s for s in moved.suggestions())
+    assert _verdict(text_colour_kept=False).missed
+    # what cannot be judged is said, and is not a miss
+    unjudged = _verdict(read=None, text_exact=None, text_colour_kept=None)
+    assert not unjudged.missed and "not read" in unjudged.line() and "text colour not judged" in unjudged.line()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CLI: textloc edit
+
+
+def test_cli_edit_writes_all_outputs_and_says_ok(cli_model, tmp_path: Path) -> None:
     out = tmp_path / "edit"
-    result = runner.invoke(app, ["edit", "--model", model_dir, "--prompt", PROMPT, "--to", "DOG", "--layers", "3,4",
-                                 "--steps", str(STEPS), "--start-step", "1", "--ocr", "none", "--out", str(out)])
+    result = runner.invoke(app, _edit_args(out))
     assert result.exit_code == 0, result.output
-    for name in ("source.png", "edited.png", "side_by_side.png", "plan.json", "metrics.json"):
+    assert "verdict: ok" in result.output and 'read "DOG" (exact)' in result.output
+    for name in ("source.png", "edited.png", "side_by_side.png", "plan.json", "metrics.json", "config.json",
+                 "source.npy"):
         assert (out / name).is_file(), name
     plan = PatchPlan.from_json(out / "plan.json")
     assert plan.start_step == 1 and plan.target_prompt.endswith('"DOG"') and len(plan.layers) == 2
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["target_text"] == "DOG" and metrics["metrics"]["ssim"] < 1
-    assert not list(out.glob(".*.tmp"))
+    assert metrics["verdict"]["missed"] is False
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+@pytest.mark.parametrize("miss", ["text", "background", "colour"])
+def test_cli_edit_miss_exits_3_with_advice_unless_allowed(cli_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          miss: str) -> None:
+    changing = itertools.cycle(["red", "blue"])  # each edit reads the source's colour, then the edit's
+    if miss == "text":
+        cli_model.stub_reader.text = "DOF"
+    elif miss == "background":
+        monkeypatch.setattr(readers, "background_colour", lambda image: next(changing))
+    else:
+        monkeypatch.setattr(readers, "text_colour", lambda image, background=None: next(changing))
+    out = tmp_path / "edit"
+    result = runner.invoke(app, _edit_args(out))
+    assert result.exit_code == MISS_EXIT_CODE, result.output
+    assert "verdict: MISSED" in result.output and "The edit missed" in result.output and "Try" in result.output
+    expected = {"text": 'read as "DOF"', "background": "background changed", "colour": "text colour changed"}
+    assert expected[miss] in result.output and "--seed" in result.output
+    assert (out / "edited.png").is_file()  # the outputs are written so the miss can be looked at
+    assert json.loads((out / "metrics.json").read_text())["verdict"]["missed"] is True
+    allowed = runner.invoke(app, _edit_args(tmp_path / "allowed", "--allow-miss"))
+    assert allowed.exit_code == 0 and "verdict: MISSED" in allowed.output
+
+
+def test_cli_edit_help_documents_the_exit_codes() -> None:
+    result = runner.invoke(app, ["edit", "--help"])
+    assert result.exit_code == 0 and "3 the edit missed" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize(
-    ("args", "message"),
-    [(["--to", ""], "non-empty"), (["--to", "TOOLONG"], "longer than the model can render"),
-     (["--to", "DOG", "--layers", "{other}"], "was made for"), (["--to", "DOG", "--span", "1"], "--span")],
+    ("to", "message"),
+    [("", "non-empty"), ("CAT", "already renders"), ("cat", "already renders"), ("TOOLONG", "at most 6"),
+     ("CAT1", "cannot draw")],
 )
-def test_cli_errors_are_one_line(model_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
-    other = tmp_path / "summary.json"
-    other.write_text(json.dumps({"chosen_layers": ["x.attn2"], "model_fingerprint": "SD3Transformer2DModel:24:0"}))
-    args = [a.replace("{other}", str(other)) for a in args]
-    argv = ["textloc", "edit", "--model", model_dir, "--prompt", PROMPT, "--out", str(tmp_path / "o"),
-            "--steps", "2", "--ocr", "none", *args]
-    monkeypatch.setattr(sys, "argv", argv)
+def test_cli_refuses_bad_or_same_text_in_one_line_before_generating(
+        cli_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, to: str,
+        message: str) -> None:
+    out = tmp_path / "o"
+    monkeypatch.setattr(sys, "argv", ["textloc", *_edit_args(out, to=to)])
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
-    # (diffusers' "Loading pipeline components" bar may come first: not part of the error)
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("error:") and message in err
+    assert cli_model.calls[0] == 0 and not out.exists()  # refused up front: nothing generated, nothing written
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--layers", "{other}"], "was made for"), (["--span", "1"], "--span"), (["--start-step", "9"], "step")],
+)
+def test_cli_errors_are_one_line(cli_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture, args: list[str], message: str) -> None:
+    other = tmp_path / "summary.json"
+    other.write_text(json.dumps({"chosen_layers": ["x.attn2"], "model_fingerprint": "SD3Transformer2DModel:24:0"}))
+    args = [a.replace("{other}", str(other)) for a in args]
+    monkeypatch.setattr(sys, "argv", ["textloc", *_edit_args(tmp_path / "o"), *args])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
     assert "Traceback" not in err and err.splitlines()[-1].startswith("error:") and message in err.splitlines()[-1]
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_edit_output_is_all_or_nothing(cli_model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "edit"
+    assert runner.invoke(app, _edit_args(out)).exit_code == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    written = []
+
+    def fail_on_third(path: Path, value) -> None:
+        written.append(path.name)
+        if len(written) == 3:
+            raise OSError("disk full")
+        original(path, value)
+
+    original = outputs._write
+    monkeypatch.setattr(outputs, "_write", fail_on_third)
+    cli_model.stub_reader.text = "SUN"
+    result = runner.invoke(app, _edit_args(out, to="SUN"))
+    assert result.exit_code != 0 and isinstance(result.exception, OSError)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the earlier edit is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["edit"]  # no temporary folder left
+    monkeypatch.setattr(outputs, "_write", original)
+    result = runner.invoke(app, _edit_args(out, to="SUN"))  # an earlier edit's folder is replaced whole
+    assert result.exit_code == 0 and json.loads((out / "config.json").read_text())["to"] == "SUN"
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep")
+    refused = runner.invoke(app, _edit_args(tmp_path / "notes"))
+    assert refused.exit_code != 0 and "holds other files" in str(refused.exception)
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep"
+
+
+def test_cli_source_dir_reuses_the_source_and_checks_its_settings(cli_model, tmp_path: Path) -> None:
+    first = tmp_path / "first"
+    assert runner.invoke(app, _edit_args(first)).exit_code == 0
+    fresh_calls, cli_model.calls[0] = cli_model.calls[0], 0
+    cli_model.stub_reader.text = "SUN"
+    second = tmp_path / "second"
+    result = runner.invoke(app, _edit_args(second, "--source-dir", str(first), to="SUN"))
+    assert result.exit_code == 0, result.output
+    assert cli_model.calls[0] < fresh_calls and "source reused" in result.output
+    assert (second / "source.png").read_bytes() == (first / "source.png").read_bytes()
+    again = runner.invoke(app, _edit_args(tmp_path / "third", to="SUN"))  # the same edit, source regenerated
+    assert again.exit_code == 0
+    assert (tmp_path / "third" / "edited.png").read_bytes() == (second / "edited.png").read_bytes()
+    other_seed = runner.invoke(app, _edit_args(tmp_path / "x", "--source-dir", str(first), "--seed", "5"))
+    assert other_seed.exit_code != 0 and "seed" in str(other_seed.exception) and not (tmp_path / "x").exists()
+    not_an_edit = runner.invoke(app, _edit_args(tmp_path / "y", "--source-dir", str(tmp_path)))
+    assert not_an_edit.exit_code != 0 and "earlier edit" in str(not_an_edit.exception)
+
+
 # ------------------------------------------------------------------------------------------------------------
-# Tuning and the benchmark
+# Tuning
 
 
-def test_tune_start_step_picks_a_candidate() -> None:
-    pairs = embedded_bench_pairs(2, seed=5)
-    result = tune_start_step(embedded(), pairs, LAYERS, [0, 2], ocr=StubOCR(), num_inference_steps=3,
-                             progress=False)
-    assert [row["start_step"] for row in result.rows] == [0, 2]
+def test_tune_start_step_picks_a_candidate_and_resumes() -> None:
+    pipe = build_untrained()
+    pipe.set_progress_bar_config(disable=True)
+    calls = _count_denoiser_calls(pipe)
+    pairs = bench_pairs("embedded", 2, seed=5)
+    rows = []
+    result = tune_start_step(pipe, pairs, LAYERS, [0, 2], ocr=StubOCR(), num_inference_steps=3, progress=False,
+                             on_row=rows.append)
+    assert [row["start_step"] for row in result.rows] == [0, 2] and rows == result.rows
     assert result.best in (0, 2) and all(row["exact"] == 0.0 for row in result.rows)
+    calls[0] = 0
+    resumed = tune_start_step(pipe, pairs, LAYERS, [0, 2], ocr=StubOCR(), num_inference_steps=3, progress=False,
+                              done={r["start_step"]: r for r in rows})
+    assert calls[0] == 0 and resumed.rows == result.rows and resumed.best == result.best
 
 
-def test_bench_pairs() -> None:
-    pairs = embedded_bench_pairs(6, seed=0)
+def test_cli_edit_tune_run_folder_resumes(cli_model, tmp_path: Path) -> None:
+    args = ["edit-tune", "--prompts", "embedded", "--n-pairs", "2", "--layers", "3,4", "--steps", "3",
+            "--candidates", "0,2", "--out", str(tmp_path / "tune")]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    tune = json.loads((tmp_path / "tune" / "tune.json").read_text())
+    assert [r["start_step"] for r in tune["rows"]] == [0, 2]
+    cli_model.calls[0] = 0
+    assert runner.invoke(app, args).exit_code == 0 and cli_model.calls[0] == 0  # nothing rerun
+    changed = runner.invoke(app, [*args[:-2], "--seed", "9", "--out", str(tmp_path / "tune")])
+    assert changed.exit_code != 0 and "config.seed" in str(changed.exception)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Benchmark pairs and the benchmark
+
+
+def test_bench_pairs_come_from_the_model_profile() -> None:
+    pairs = bench_pairs("embedded", 6, seed=0)
+    assert pairs == benchpairs.bench_pairs(6, 0)
     assert [p.key.split("-")[0] for p in pairs] == ["seen", "unseen"] * 3
     assert all(p.source_value != p.target_value and p.target.endswith(f'"{p.target_value}"') for p in pairs)
-    assert embedded_bench_pairs(6, seed=0) == pairs
+    assert len(bench_pairs("embedded", None, seed=0)) == benchpairs.DEFAULT_N
+    open_pairs = bench_pairs("embedded-open", 4, seed=0)
+    # open prompts: the target is the source's wording with only the text changed
+    assert all(p.target == p.source.replace(f'"{p.source_value}"', f'"{p.target_value}"') for p in open_pairs)
+    assert all(" with " not in p.source for p in open_pairs)  # they name only the text
 
 
 def test_glyph_pairs_from_a_user_file(tmp_path: Path) -> None:
@@ -212,19 +418,13 @@ def test_glyph_pairs_from_a_user_file(tmp_path: Path) -> None:
         glyph_bench_pairs(str(tmp_path / "missing.txt"), 2, 0)
 
 
-def _count_denoiser_calls(pipe) -> list[int]:
-    calls = [0]
-    pipe.unet.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    return calls
-
-
 def test_bench_resumes_and_extends(tmp_path: Path) -> None:
     pipe = build_untrained()
     pipe.set_progress_bar_config(disable=True)
     calls = _count_denoiser_calls(pipe)
     names = [list_text_layers(pipe)[i].name for i in LAYERS]
     config = BenchConfig(model="untrained", benchmark="embedded", layers=names, start_step=1, steps=3)
-    pairs = embedded_bench_pairs(2, seed=0)
+    pairs = bench_pairs("embedded", 2, seed=0)
     run_edit_bench(pipe, pairs[:1], config, tmp_path, methods=["ours", "prompt-swap"], ocr_backend=StubOCR(),
                    progress=False)
     first = calls[0]
@@ -241,6 +441,10 @@ def test_bench_resumes_and_extends(tmp_path: Path) -> None:
     changed = BenchConfig(model="untrained", benchmark="embedded", layers=names, start_step=2, steps=3)
     with pytest.raises(InputError, match="start_step"):
         run_edit_bench(pipe, pairs, changed, tmp_path, methods=["ours"], ocr_backend=StubOCR(), progress=False)
+    bad = BenchConfig(model="untrained", benchmark="embedded", layers=names, start_step=5, steps=3)
+    with pytest.raises(Exception, match="step"):  # validated before the run folder is touched
+        run_edit_bench(pipe, pairs, bad, tmp_path / "new", methods=["ours"], ocr_backend=StubOCR(), progress=False)
+    assert not (tmp_path / "new").exists()
 
 
 def test_bench_edits_reuse_the_source_prefix_and_match_a_fresh_edit(tmp_path: Path) -> None:
@@ -250,7 +454,7 @@ def test_bench_edits_reuse_the_source_prefix_and_match_a_fresh_edit(tmp_path: Pa
     pipe = embedded()
     names = [list_text_layers(pipe)[i].name for i in LAYERS]
     config = BenchConfig(model="untrained", benchmark="embedded", layers=names, start_step=2, steps=4)
-    (pair,) = embedded_bench_pairs(1, seed=3)
+    (pair,) = bench_pairs("embedded", 1, seed=3)
     run_edit_bench(pipe, [pair], config, tmp_path, methods=["ours"], ocr_backend=StubOCR(), progress=False)
     (record,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert record["prefix_calls_reused"] == 2  # one batched CFG call per step
@@ -260,13 +464,14 @@ def test_bench_edits_reuse_the_source_prefix_and_match_a_fresh_edit(tmp_path: Pa
     assert np.array_equal(saved, np.asarray(fresh.images[0]))
 
 
-def test_cli_bench_edit_writes_the_table_and_resumes(model_dir: str, tmp_path: Path) -> None:
+def test_cli_bench_edit_writes_the_table_and_resumes(cli_model, tmp_path: Path) -> None:
     out = tmp_path / "bench"
-    args = ["bench", "edit", "--model", model_dir, "--benchmark", "embedded", "--n", "2", "--steps", "3",
-            "--layers", "3,4", "--start-step", "1", "--out", str(out)]
+    args = ["bench", "edit", "--benchmark", "embedded", "--n", "2", "--steps", "3", "--layers", "3,4",
+            "--start-step", "1", "--out", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     table = (out / "results.md").read_text()
+    assert table in result.output
     for label in ("Ours", "Prompt swap", "Patch all layers", "Prompt-to-Prompt", "CLIP-T", "BG kept",
                   "Text colour kept", "n/a"):
         assert label in table, label
@@ -283,7 +488,7 @@ def test_cli_bench_edit_writes_the_table_and_resumes(model_dir: str, tmp_path: P
 
 def test_clip_t_with_user_weights(tmp_path: Path) -> None:
     """CLIP-T comes from weights the user passes (a tiny random CLIP here); a bad path is an InputError."""
-    from textloc.apps.edit.core import Scorer
+    from textloc.apps.edit import Scorer
     from textloc.models.tiny import build_tiny_clip
 
     build_tiny_clip(tmp_path / "clip")

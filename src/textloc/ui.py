@@ -3,7 +3,7 @@
 ``build_app(pipe)`` is the testable core: it takes an already-loaded pipeline (loaded once, at startup, by
 ``textloc ui``) and returns a ``gr.Blocks``. Every control maps onto the public Python API -- Generate calls the
 pipeline (wrapped in :class:`textloc.apps.safety.core.SafeTextPipeline` in safe mode), Edit calls
-:func:`textloc.apps.edit.core.edit_text` -- so the app adds no behaviour of its own beyond validation and display.
+:func:`textloc.apps.edit.edit_text` -- so the app adds no behaviour of its own beyond validation and display.
 
 Bad input never reaches the user as a traceback: every ``TextlocError`` (and any unexpected exception) is shown
 as a readable message in the page's status line and as a warning toast, and the server keeps running.
@@ -229,7 +229,7 @@ def _call_kwargs(state: UIState, seed: Any, steps: Any, guidance: Any, progress:
 
 def _text_notes(pipe: Any, prompt: str) -> list[str]:
     """Warnings about the prompt's quoted text (none to edit later, or not renderable by this model)."""
-    from textloc.apps.edit.core import check_new_text, quoted_spans
+    from textloc.apps.edit import check_new_text, quoted_spans
 
     spans = quoted_spans(prompt)
     if not spans:
@@ -306,7 +306,7 @@ def build_app(pipe: Any, *, model_name: str = "embedded", ocr: Any = "rapidocr",
         A ``gr.Blocks``; ``.queue().launch(...)`` serves it (``launch`` does that).
     """
     gr = require_gradio()
-    from textloc.apps.edit.core import default_start_step, edit_text, quoted_spans, replace_quoted
+    from textloc.apps.edit import default_start_step, edit_text, quoted_spans, replace_quoted
 
     state = UIState(pipe, ocr)
     steps = steps or state.steps
@@ -350,7 +350,7 @@ def build_app(pipe: Any, *, model_name: str = "embedded", ocr: Any = "rapidocr",
                 seconds = time.perf_counter() - t0
             image = output.images[0]
             if not isinstance(image, Image.Image):
-                from textloc.apps.edit.core import to_pil
+                from textloc.apps.edit import to_pil
 
                 image = to_pil(image)
             files = [_save_png(image, folder / "generated.png")]
@@ -382,7 +382,7 @@ def build_app(pipe: Any, *, model_name: str = "embedded", ocr: Any = "rapidocr",
             start_step = None if start in (None, "") else _int(start, "the start step", 0)  # blank: default
             layer_spec = (layers or "").strip() or "preset"
             if safe:
-                from textloc.apps.edit.core import check_new_text
+                from textloc.apps.edit import check_new_text
                 from textloc.apps.safety.core import check_prompt
 
                 target = replace_quoted(text, check_new_text(pipe, new or ""), span)

@@ -1,9 +1,13 @@
-"""``textloc edit``, ``textloc edit-tune`` and ``textloc bench edit``: change rendered text, tune, compare."""
+"""``textloc edit``, ``textloc edit-tune`` and ``textloc bench edit``: change rendered text, tune, compare.
+
+Every option is checked before a model loads or a file is written; input errors exit with code 2 (one line,
+``textloc.cli.app``). ``textloc edit`` exits with code 3 when the edit missed (``apps.edit.verdict``).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -22,7 +26,6 @@ from textloc.cli.options import (
     out_dir_option,
     seed_option,
 )
-from textloc.runs.io import atomic_write_json
 
 OcrOpt = OcrOrNoneOpt  # checked before a model loads (textloc.cli.options)
 
@@ -55,12 +58,44 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+def _check_steps(steps: int | None) -> None:
+    from textloc.errors import InputError
+
+    if steps is not None and steps < 1:
+        raise InputError(f"Expected --steps >= 1, but got {steps}")
+
+
+class _EditProgress:
+    """A rich progress display of the source and edit runs (on stderr, only on a terminal)."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        console = Console(stderr=True)
+        self.progress = Progress(console=console, transient=True, disable=not console.is_terminal)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _EditProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, phase: str, step: int, total: int) -> None:
+        if phase not in self.tasks:
+            label = "source image" if phase == "source" else "edit"
+            self.tasks[phase] = self.progress.add_task(label, total=total)
+        self.progress.update(self.tasks[phase], completed=step)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def edit(
         prompt: Annotated[str, typer.Option("--prompt", "-p", help='source prompt with the text in quotes')],
         to: Annotated[str, typer.Option("--to", help="the new text")],
-        out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="output folder (new, empty or an earlier edit's)")],
         model: ModelOpt = "embedded",
         seed: Annotated[int, seed_option("seed of the source image and of the edit")] = 0,
         layers: LayersOpt = "preset",
@@ -70,52 +105,99 @@ def register(app: typer.Typer) -> None:
         guidance: GuidanceOpt = None,
         ocr: OcrOpt = "rapidocr",
         clip: Annotated[Path | None, typer.Option(help="CLIP weights for CLIP-T (default: not computed)")] = None,
+        source_dir: Annotated[Path | None, typer.Option(
+            "--source-dir", help="reuse the source image of an earlier edit's --out (same prompt, seed, steps, model)"
+        )] = None,
+        allow_miss: Annotated[bool, typer.Option("--allow-miss", help="exit 0 even when the edit missed")] = False,
     ) -> None:
-        """Change the text an image renders, keeping the rest (patches only the localized layers)."""
+        """Change the text an image renders, keeping the rest (patches only the localized layers).
+
+        Prints a verdict: the OCR reading of the new text, whether the background and the text colour were
+        kept. Exit codes: 0 the edit worked (or --allow-miss); 2 bad input; 3 the edit missed (text not read
+        exactly, or background or text colour not kept; the outputs are still written).
+        """
         from rich.console import Console
         from rich.table import Table
 
-        from textloc.apps.edit.core import check_new_text, edit_text, labelled_row, replace_quoted
-        from textloc.errors import InputError
+        from textloc.apps.edit import outputs
+        from textloc.apps.edit.edit import check_new_text, edit_text, quoted_spans, replace_quoted
+        from textloc.apps.edit.verdict import MISS_EXIT_CODE, verdict_of
+        from textloc.core.engine import default_steps
+        from textloc.core.layers import model_fingerprint
         from textloc.models.loading import load_pipeline
-        from textloc.runs.io import save_image_atomic
+        from textloc.models.profiles import profile_for
+        from textloc.runs.grids import auto_scale, image_grid
 
-        if not to.strip():
-            raise InputError(f"Expected a non-empty --to text, but got {to!r}")
-        replace_quoted(prompt, to.strip(), span)  # no quotes / bad span: fail before loading a model
-        if out.exists() and not out.is_dir():
-            raise InputError(f"Expected --out to be a folder, but {out} is a file")
+        # 1. Check every option before a model loads.
+        text = check_new_text(None, to)
+        replace_quoted(prompt, text, span)  # no quotes / bad span
+        source_text = quoted_spans(prompt)[span]
+        check_new_text(None, text, source_text)  # the same text: nothing to edit
+        _check_steps(steps)
+        outputs.check_out(out)
+        saved = outputs.check_source_dir(source_dir) if source_dir is not None else None
         reader = _ocr_or_none(ocr)
         clip_path = _check_clip(clip)
+
+        # 2. Load the model; check what only the model knows (render limits, case, steps, a reused source).
         pipe = load_pipeline(model)
-        check_new_text(pipe, to)
-        result = edit_text(pipe, prompt, to, layers=layers, start_step=start_step, seed=seed, span=span,
-                           num_inference_steps=steps, guidance_scale=guidance, ocr=reader, clip=clip_path)
-        out.mkdir(parents=True, exist_ok=True)
-        save_image_atomic(result.source_image, out / "source.png")
-        save_image_atomic(result.edited_image, out / "edited.png")
-        side = labelled_row([result.source_image, result.edited_image],
-                            [f'source "{result.source_text}"', f'edited "{result.target_text}"'])
-        save_image_atomic(side, out / "side_by_side.png")
-        atomic_write_json(out / "plan.json", result.plan.to_dict())
-        atomic_write_json(out / "metrics.json", {"model": model, **result.to_dict()})
+        profile = profile_for(pipe)
+        check_new_text(pipe, text, source_text)
+        n_steps = profile.check_steps(steps or default_steps(pipe))
+        fingerprint = model_fingerprint(pipe)
+        source = None
+        if saved is not None:
+            current = {"model": model, "model_fingerprint": fingerprint, "prompt": prompt, "seed": seed,
+                       "steps": n_steps, "guidance": guidance}
+            source = outputs.load_source(source_dir, saved, current)
+
+        # 3. Edit (with progress), judge, write everything or nothing.
+        with _EditProgress() as progress:
+            result = edit_text(pipe, prompt, text, layers=layers, start_step=start_step, seed=seed, span=span,
+                               num_inference_steps=n_steps, guidance_scale=guidance, ocr=reader, clip=clip_path,
+                               source=source, on_step=progress)
+        verdict = verdict_of(result.metrics, target_text=result.target_text, start_step=result.plan.start_step,
+                             num_inference_steps=n_steps, default_layers=layers in ("preset", "auto"),
+                             colours_judged=profile.colours is not None)
+        pair = [result.source_image, result.edited_image]
+        side = image_grid([pair], labels=[[f'source "{result.source_text}"', f'edited "{result.target_text}"']],
+                          scale=auto_scale(pair), pad=4, label_height=20)
+        config = outputs.edit_config(model=model, model_fingerprint=fingerprint, prompt=prompt, seed=seed,
+                                     steps=n_steps, guidance=guidance, to=text, span=span,
+                                     layers=list(result.plan.layers), start_step=result.plan.start_step)
+        if source_dir is not None:
+            config["source_dir"] = str(source_dir)
+        outputs.write_edit_folder(out, {
+            "source.png": result.source_image, "edited.png": result.edited_image, "side_by_side.png": side,
+            outputs.SOURCE_ARRAY: result.source_array, "plan.json": result.plan.to_dict(),
+            "metrics.json": {"model": model, **result.to_dict(), "verdict": verdict.to_dict()},
+            outputs.CONFIG_NAME: config,
+        })
 
         m = result.metrics
         console = Console()
+        reused = f" (source reused from {source_dir})" if source_dir is not None else ""
         console.print(f'edit "{result.source_text}" -> "{result.target_text}": {len(result.plan.layers)} layer(s) '
-                      f"patched from step {result.plan.start_step} of {result.num_inference_steps}", markup=False)
+                      f"patched from step {result.plan.start_step} of {result.num_inference_steps}{reused}",
+                      markup=False)
         table = Table()
         table.add_column("metric")
         table.add_column("value", justify="right")
-        for key in ("source_read", "read", "exact", "f1", "edit_distance", "mse", "ssim", "psnr", "clip_t"):
+        for key in ("source_read", "read", "exact", "f1", "edit_distance", "mse", "ssim", "psnr", "clip_t",
+                    "background_kept", "text_colour_kept"):
             table.add_row(key, _fmt(m.get(key)))
         table.add_row("seconds (edit)", f"{result.seconds:.2f}")
         console.print(table)
-        console.print(f"wrote {out}/source.png, edited.png, side_by_side.png, plan.json, metrics.json")
+        console.print(f"wrote {out}/source.png, edited.png, side_by_side.png, plan.json, metrics.json", markup=False)
+        console.print(verdict.line(), markup=False)
+        if verdict.missed:
+            console.print(verdict.miss_message(), markup=False)
+            if not allow_miss:
+                raise typer.Exit(code=MISS_EXIT_CODE)
 
     @app.command("edit-tune")
     def edit_tune(
-        out: Annotated[Path, typer.Option("--out", "-o", help="folder for tune.json")],
+        out: Annotated[Path, typer.Option("--out", "-o", help="run folder for tune.json; same settings resume")],
         model: ModelOpt = "embedded",
         layers: LayersOpt = "preset",
         prompts: PromptsOpt = "embedded",
@@ -131,38 +213,50 @@ def register(app: typer.Typer) -> None:
         """Choose the edit start step on validation pairs (max OCR exact rate, background kept)."""
         from rich.console import Console
 
-        from textloc.apps.edit.core import tune_start_step
+        from textloc.apps.edit.tune import tune_start_step
         from textloc.core.engine import default_steps
-        from textloc.data.pairs import load_pairs
+        from textloc.core.layers import model_fingerprint
         from textloc.errors import InputError
         from textloc.models.loading import load_pipeline
         from textloc.models.presets import choose_layers
+        from textloc.models.profiles import load_pairs, profile_for
+        from textloc.runs.folder import RunFolder
 
         try:
-            steps_list = [int(c) for c in candidates.split(",") if c.strip()]
+            steps_list = list(dict.fromkeys(int(c) for c in candidates.split(",") if c.strip()))
         except ValueError:
             raise InputError(f"Expected --candidates like 0,1,2,4, but got {candidates!r}") from None
         if ocr == "none":
             raise InputError("Expected an OCR backend for tuning (it scores the rendered text), but got none")
+        if n_pairs < 1:
+            raise InputError(f"Expected --n-pairs >= 1, but got {n_pairs}")
+        if not 0.0 <= min_preservation <= 1.0:
+            raise InputError(f"Expected --min-preservation in [0, 1], but got {min_preservation}")
+        _check_steps(steps)
         _ocr_or_none(ocr)
         pairs = load_pairs(prompts, n_pairs, seed)
         pipe = load_pipeline(model)
         names = choose_layers(pipe, layers, full_score=True)
-        n_steps = steps or default_steps(pipe)
+        n_steps = profile_for(pipe).check_steps(steps or default_steps(pipe))
         bad = [c for c in steps_list if not 0 <= c < n_steps]
         if bad or not steps_list:
             raise InputError(f"Expected --candidates in 0..{n_steps - 1}, but got {candidates!r}")
-        result = tune_start_step(pipe, pairs, names, steps_list, ocr=ocr, min_preservation=min_preservation,
-                                 num_inference_steps=n_steps, guidance_scale=guidance)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "tune.json", {"model": model, "layers": names, "num_inference_steps": n_steps,
-                                        "n_pairs": len(pairs), "seed": seed, **result.to_dict()})
+        config = {"model": model, "model_fingerprint": model_fingerprint(pipe), "layers": names, "prompts": prompts,
+                  "n_pairs": n_pairs, "seed": seed, "num_inference_steps": n_steps, "guidance": guidance, "ocr": ocr}
+        inputs = {"prompts": Path(prompts)} if Path(prompts).is_file() else {}
         console = Console()
+        with RunFolder(out, command="edit-tune", config=config, inputs=inputs) as run:
+            done = {int(r["start_step"]): r for r in run.records()}
+            result = tune_start_step(pipe, pairs, names, steps_list, ocr=ocr, min_preservation=min_preservation,
+                                     num_inference_steps=n_steps, guidance_scale=guidance, done=done,
+                                     on_row=run.append)
+            run.write_json("tune.json", {"model": model, "layers": names, "num_inference_steps": n_steps,
+                                         "n_pairs": len(pairs), "seed": seed, **result.to_dict()})
         for row in result.rows:
             console.print(f"  start {row['start_step']:>3}: exact {row['exact']:.3f}  "
                           f"preservation {row['preservation']:.3f}")
         note = "" if result.satisfied else f" (no candidate kept >= {min_preservation:.0%}; most preserving one)"
-        console.print(f"best start step: {result.best} of {n_steps}{note}; wrote {out / 'tune.json'}")
+        console.print(f"best start step: {result.best} of {n_steps}{note}; wrote {out / 'tune.json'}", markup=False)
 
     bench = bench_group(app)
 
@@ -191,42 +285,40 @@ def register(app: typer.Typer) -> None:
         width: WidthOpt = None,
     ) -> None:
         """Compare text editing methods: MSE/SSIM/PSNR vs source, OCR F1/exact vs target, CLIP-T, time."""
-        from textloc.apps.edit.core import (
-            BenchConfig,
-            bench_pairs,
-            default_start_step,
-            parse_methods,
-            renderable_pairs,
-            run_edit_bench,
-        )
+        from textloc.apps.edit.bench import BenchConfig, parse_methods, run_edit_bench
+        from textloc.apps.edit.pairs import bench_inputs, bench_pairs, renderable_pairs
+        from textloc.apps.edit.start import default_start_step
         from textloc.apps.p2p import P2PConfig
         from textloc.core.engine import default_steps
         from textloc.errors import InputError
         from textloc.models.loading import load_pipeline
         from textloc.models.presets import choose_layers
+        from textloc.models.profiles import profile_for
 
         if n is not None and n < 1:
             raise InputError(f"Expected --n >= 1, but got {n}")
+        _check_steps(steps)
         P2PConfig(cross_replace_steps=p2p_cross, self_replace_steps=p2p_self)  # validates the fractions
         reader = _ocr_or_none(ocr)
         clip_path = _check_clip(clip)
         all_pairs = bench_pairs(benchmark, None, seed, split)  # bad files fail before a model loads
+        inputs = bench_inputs(benchmark, split)
         pipe = load_pipeline(model)
+        profile = profile_for(pipe)
+        profile.check_size(height, width)
         chosen = parse_methods(methods, pipe)
         _, skipped = renderable_pairs(pipe, all_pairs)
         pairs = bench_pairs(benchmark, n, seed, split, pipe=pipe)
         if not pairs:
             raise InputError(f"Expected pairs the model can render, but all {skipped} target texts are unrenderable")
         names = choose_layers(pipe, layers, full_score=True) if {"ours"} & set(chosen) else []
-        n_steps = steps or default_steps(pipe)
+        n_steps = profile.check_steps(steps or default_steps(pipe))
         config = BenchConfig(model=model, benchmark=benchmark, seed=seed, split=split, layers=names,
                              start_step=default_start_step(pipe, n_steps) if start_step is None else start_step,
                              steps=n_steps, guidance=guidance, ocr=reader or "none", clip=clip_path,
-                             p2p_cross=p2p_cross, p2p_self=p2p_self)
-        extra = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
-        summary = run_edit_bench(pipe, pairs, config, out, methods=chosen, extra_call_kwargs=extra)
+                             p2p_cross=p2p_cross, p2p_self=p2p_self, height=height, width=width)
+        summary = run_edit_bench(pipe, pairs, config, out, methods=chosen, inputs=inputs)
         if skipped:
             typer.echo(f"left out {skipped} pair(s) of the benchmark whose target text the model cannot render")
         typer.echo((out / "results.md").read_text(), nl=False)  # plain: a Markdown table must not be wrapped
         typer.echo(f"n={summary['n_pairs']} pairs; wrote {out}/results.md, summary.json, results.jsonl, grid.png")
-

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from textloc.models.embedded import renderer
+from textloc.models.embedded import benchpairs, renderer
 from textloc.models.embedded.finetuning import TRAINING
 from textloc.models.profiles import ModelProfile, RenderLimits, register_profile
 
@@ -74,5 +74,7 @@ PROFILE = register_profile(
         colours=colours,
         rendered_text=rendered_text,
         training=TRAINING,
+        edit_benchmarks=benchpairs.BENCHMARKS,
+        edit_pairs=benchpairs.edit_pairs,
     )
 )
