@@ -82,13 +82,29 @@ def test_localize_on_tiny_pipeline_writes_everything(tmp_path) -> None:
     assert s["bounds"]["all"]["exact"] == 1.0  # all layers patched == the target's generation
     assert s["bounds"]["none"]["exact"] == 0.0
     assert s["bounds"]["target"]["exact"] == 1.0
-    assert 1 <= len(s["chosen_layers"]) <= s["n_layers"]
     assert [p["k"] for p in s["curve"]][0] == 0 and s["curve"][-1]["k"] == s["n_layers"]
-    chosen_k = len(s["chosen_layers"])
-    assert next(p for p in s["curve"] if p["k"] == chosen_k)["exact"] >= s["threshold"]
-    lines = (out / "results.jsonl").read_text().splitlines()
-    variants = {json.loads(line)["variant"] for line in lines}
-    assert {"none", "all", "target"} <= variants
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {"none", "all", "target"} <= {r["variant"] for r in rows}
+    # The selection, recomputed from the records alone: rank layers by exact rate, then F1, then execution
+    # order; chosen = the smallest k of the curve whose rate reaches fraction x the all-layers rate.
+    def rate(variant: str, key: str = "exact") -> float:
+        values = [float(r[key]) for r in rows if r["variant"] == variant]
+        assert len(values) == 6, variant  # every pair scored once
+        return sum(values) / len(values)
+
+    names = [p["name"] for p in s["per_layer"]]
+    ranked = sorted(names, key=lambda n: (-rate(f"layer:{n}"), -rate(f"layer:{n}", "f1"), names.index(n)))
+    assert [r["name"] for r in s["ranking"]] == ranked
+    threshold = 0.9 * rate("all")
+    assert s["threshold"] == pytest.approx(threshold)
+    curve = {p["k"]: p["exact"] for p in s["curve"]}
+    for p in s["curve"]:
+        variant = {0: "none", 1: f"layer:{ranked[0]}", s["n_layers"]: "all"}.get(p["k"], f"top:{p['k']}")
+        assert p["exact"] == pytest.approx(rate(variant)), p
+    chosen_k = min(k for k, v in curve.items() if k > 0 and v >= threshold)
+    assert s["chosen_layers"] == ranked[:chosen_k]
+    # the stub reads the target only where patching changed the image: the unpatched source never does
+    assert rate("none") == 0.0 and all(r["psnr"] == 100.0 and r["mse"] == 0.0 for r in rows if r["variant"] == "none")
     assert json.loads((out / "summary.json").read_text())["chosen_layers"] == s["chosen_layers"]
 
 
@@ -96,8 +112,49 @@ def test_resume_refuses_incompatible_run(tmp_path) -> None:
     _run(tmp_path, tmp_path / "run")
     from textloc.errors import InputError
 
-    with pytest.raises(InputError, match="another model or settings"):
+    before = (tmp_path / "run" / "config.json").read_bytes()
+    with pytest.raises(InputError, match=r"config\.start_step differ"):
         _run(tmp_path, tmp_path / "run", start_step=1)
+    assert (tmp_path / "run" / "config.json").read_bytes() == before
+
+
+def test_bad_settings_write_nothing(tmp_path) -> None:
+    from textloc.errors import InputError, StepWindowError
+
+    with pytest.raises(StepWindowError):
+        _run(tmp_path, tmp_path / "late", start_step=5)  # a 2-step schedule has no step 5
+    with pytest.raises(InputError, match="pixel readers"):  # tiny models have no attribute readers
+        localize(build_tiny_pipeline("sd15"), text_pairs(PROMPTS[:2], 2, 0),
+                 LocalizeConfig(model="tiny:sd15", attribute="style", steps=2), out=tmp_path / "style")
+    assert not (tmp_path / "late").exists() and not (tmp_path / "style").exists()
+
+
+def test_the_reader_comes_from_the_model_profile(tmp_path, monkeypatch) -> None:
+    """No reader given: the sweep reads with ``profile_for(pipe).reader(ocr)`` (no check of the pipeline class)."""
+    import dataclasses
+
+    from textloc.apps.localize import sweep
+    from textloc.models.profiles import GENERIC
+
+    asked = []
+
+    class Backend:
+        def read(self, images):
+            return ["CAT"] * len(images)
+
+    class Profile(type(GENERIC)):
+        def reader(self, ocr="rapidocr"):
+            asked.append(ocr)
+            return Backend()
+
+    profile = Profile(**{f.name: getattr(GENERIC, f.name) for f in dataclasses.fields(GENERIC)})
+    monkeypatch.setattr(sweep, "profile_for", lambda pipe: profile)
+    pipe = build_tiny_pipeline("sd15")
+    cfg = LocalizeConfig(model="tiny:sd15", n_pairs=2, steps=2, chunk_size=2, ocr="tesseract")
+    result = localize(pipe, text_pairs(PROMPTS[:2], 2, 0), cfg, **dict(tiny_call_kwargs("sd15")))
+    assert asked == ["tesseract"]
+    assert all(r["read"] == "CAT" for r in result.records)
+    assert {r["exact"] for r in result.records} == {True, False}  # CAT is the target of one pair only
 
 
 def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path) -> None:

@@ -1,4 +1,8 @@
-"""``textloc localize``: the product's main job, as a command."""
+"""``textloc localize``: the product's main job, as a command.
+
+Every option is checked before the model loads, and everything the loaded model decides (its step limit, its
+sizes, its reader) before the run folder is created: a bad input writes nothing.
+"""
 
 from __future__ import annotations
 
@@ -7,55 +11,68 @@ from typing import Annotated
 
 import typer
 
-from textloc.cli.options import GuidanceOpt, ModelOpt, StepsOpt
+from textloc.cli.options import (
+    GuidanceOpt,
+    HeightOpt,
+    ModelOpt,
+    OcrOpt,
+    PromptsOpt,
+    SeedOpt,
+    StepsOpt,
+    WidthOpt,
+    count_option,
+    number_option,
+    out_dir_option,
+)
+
+ATTRIBUTES = ("text", "style", "colour", "background")
 
 
 def register(app: typer.Typer) -> None:
     @app.command()
     def localize(
-        out: Annotated[Path, typer.Option("--out", "-o", help="run folder; a compatible run there is resumed")],
+        out: Annotated[Path, out_dir_option("run folder; a compatible run there is resumed")],
         model: ModelOpt = "embedded",
-        prompts: Annotated[str, typer.Option(help="embedded | simplebench | creativebench | prompt FILE")] = "embedded",
+        prompts: PromptsOpt = "embedded",
         attribute: Annotated[str, typer.Option(help="text | style | colour | background")] = "text",
-        n_pairs: Annotated[int, typer.Option("--n-pairs", help="validation pairs")] = 32,
-        seed: Annotated[int, typer.Option(help="pairing and noise seed")] = 0,
+        n_pairs: Annotated[int, count_option("--n-pairs", "validation pairs", high=100_000)] = 32,
+        seed: SeedOpt = 0,
         steps: StepsOpt = None,
         guidance: GuidanceOpt = None,
-        start_step: Annotated[int, typer.Option("--start-step", help="first patched step")] = 0,
+        start_step: Annotated[int, count_option("--start-step", "first patched step", low=0, high=1000)] = 0,
         branches: Annotated[str, typer.Option(help="CFG branches to patch: both | cond")] = "both",
-        ocr: Annotated[str, typer.Option(help="OCR backend: rapidocr | tesseract | easyocr")] = "rapidocr",
-        fraction: Annotated[float, typer.Option(help="chosen set must reach this fraction of all-layers")] = 0.9,
-        chunk_size: Annotated[int, typer.Option("--chunk-size", help="pairs per batch (memory cap)")] = 8,
+        ocr: OcrOpt = "rapidocr",
+        fraction: Annotated[float, number_option("--fraction", "chosen set must reach this fraction of all-layers",
+                                                 0.0, 1.0, low_open=True)] = 0.9,
+        chunk_size: Annotated[int, count_option("--chunk-size", "pairs per batch (memory cap)", high=4096)] = 8,
         clip: Annotated[Path | None, typer.Option(help="local CLIP folder for CLIP-T (never downloaded)")] = None,
-        height: Annotated[int | None, typer.Option(help="image height for latent models")] = None,
-        width: Annotated[int | None, typer.Option(help="image width for latent models")] = None,
+        height: HeightOpt = None,
+        width: WidthOpt = None,
     ) -> None:
         """Find the smallest set of layers whose patching renders the target text (report + summary.json)."""
         from rich.console import Console
 
-        from textloc.apps.localize.sweep import LocalizeConfig
-        from textloc.apps.localize.sweep import localize as run_localize
-        from textloc.data.pairs import load_pairs
+        from textloc.apps.localize.sweep import LocalizeConfig, Localizer
+        from textloc.cli.options import check_for_model
+        from textloc.core.plan import BRANCHES
         from textloc.errors import InputError
-        from textloc.eval.ocr import get_ocr_backend
         from textloc.models.loading import load_pipeline
+        from textloc.models.profiles import load_pairs
 
-        if not 0 < fraction <= 1:
-            raise InputError(f"Expected 0 < --fraction <= 1, but got {fraction}")
-        if attribute == "text":
-            try:
-                get_ocr_backend(ocr)  # fail fast, before loading a model, if the backend is unknown
-            except ValueError as err:
-                raise InputError(str(err)) from None
+        if attribute not in ATTRIBUTES:
+            raise InputError(f"Expected --attribute in {', '.join(ATTRIBUTES)}, but got {attribute!r}")
+        if branches not in BRANCHES:
+            raise InputError(f"Expected --branches in {', '.join(BRANCHES)}, but got {branches!r}")
+        if clip is not None and not clip.is_dir():
+            raise InputError(f"Expected --clip to be a local CLIP folder, but {clip} is not a folder")
         pairs = load_pairs(prompts, n_pairs, seed, attribute)
         config = LocalizeConfig(model=model, prompts=prompts, attribute=attribute, n_pairs=n_pairs, seed=seed,
                                 steps=steps, guidance=guidance, start_step=start_step, branches=branches, ocr=ocr,
                                 fraction=fraction, chunk_size=chunk_size, clip=str(clip) if clip else None)
-        if clip is not None and not clip.exists():
-            raise InputError(f"Expected --clip to be a local CLIP folder, but {clip} does not exist")
         pipe = load_pipeline(model)
+        check_for_model(pipe, steps=steps, height=height, width=width)
         extra = {k: v for k, v in (("height", height), ("width", width)) if v is not None}
-        result = run_localize(pipe, pairs, config, out=out, **extra)
+        result = Localizer(pipe, pairs, config, out, call_kwargs=extra).run()  # validates before writing
         s = result.summary
         console = Console()
         console.print(f"chosen layers ({len(s['chosen_layers'])}, {s['chosen_share']:.3%} of the denoiser):")

@@ -24,7 +24,7 @@ Images (:func:`image_scores`), on float64 images in [0, 1]: PIL images and uint8
 * ``mse``: mean squared error (black vs white = 1.0).
 * ``psnr = 10 log10(1 / mse)`` dB, capped at :data:`PSNR_MAX` = 100 dB. **The one rule for identical
   images: PSNR = 100 dB** (not infinity, which JSON cannot hold and which makes every mean infinite; 100 dB
-  is above any PSNR two different 8-bit images can have, 10 log10(255² · n) for an n-pixel image).
+  is above the PSNR of any two different 8-bit images of up to 10^5 values: at most 10 log10(255² · n) dB).
 * ``ssim``: scikit-image's ``structural_similarity`` with ``data_range=1``, the colour axis as
   ``channel_axis``, a 7x7 window shrunk to the largest odd size that fits images under 7 px.
 

@@ -1,13 +1,19 @@
-"""Pictures and a small HTML page for a localization run: what a researcher looks at before trusting it."""
+"""Pictures and a small HTML page for a localization run: what a researcher looks at before trusting it.
+
+Every file goes through the run folder's atomic writes (a killed run never leaves a half-written picture);
+example grids use the one grid home, :func:`textloc.runs.grids.image_grid`.
+"""
 
 from __future__ import annotations
 
 import html
+import io
 import math
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
+from textloc.runs.grids import image_grid
+from textloc.runs.io import atomic_write_bytes
 
 METRICS = ("exact", "f1", "cer", "source_exact", "ssim")
 
@@ -41,7 +47,7 @@ def plot_layers(summary: dict[str, Any], path: Path) -> None:
     ax.set_title("Patching one layer at a time (red: chosen)")
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -65,7 +71,7 @@ def plot_heatmap(summary: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("text layer (execution order)")
     fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
 
 
@@ -84,23 +90,14 @@ def plot_curve(summary: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 1.05)
     ax.set_title("Cumulative curve")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path)
     plt.close(fig)
 
 
-def example_grid(rows: list[list[Image.Image]], labels: list[str], path: Path, scale: int = 4) -> None:
-    """Rows of (source | patched | target) images, upscaled, with a header."""
-    w = max(im.width for row in rows for im in row) * scale
-    h = max(im.height for row in rows for im in row) * scale
-    header = 16
-    grid = Image.new("RGB", (w * len(labels), header + h * len(rows)), "white")
-    draw = ImageDraw.Draw(grid)
-    for c, label in enumerate(labels):
-        draw.text((c * w + 4, 2), label, fill="black")
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            grid.paste(image.resize((w, h), Image.NEAREST), (c * w, header + r * h))
-    grid.save(path)
+def _save(fig: Any, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _fmt(value: Any) -> str:
@@ -109,8 +106,10 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
 
 
-def write_report(out: Path, summary: dict[str, Any], records: dict, images: dict, pairs: list) -> None:
-    """``layers.png``, ``heatmap.png``, ``curve.png``, ``examples_best.png``/``_worst.png`` and ``report.html``."""
+def write_report(folder: Any, summary: dict[str, Any], images: dict, pairs: list) -> None:
+    """``layers.png``, ``heatmap.png``, ``curve.png``, ``examples_best.png``/``_worst.png`` and ``report.html``
+    in the run folder ``folder`` (a :class:`textloc.runs.folder.RunFolder`)."""
+    out = folder.path
     plot_layers(summary, out / "layers.png")
     plot_heatmap(summary, out / "heatmap.png")
     plot_curve(summary, out / "curve.png")
@@ -120,7 +119,8 @@ def write_report(out: Path, summary: dict[str, Any], records: dict, images: dict
         rows = [[images[(v, p.key)] for v in ("none", f"layer:{name}", "target")] for p in pairs
                 if all((v, p.key) in images for v in ("none", f"layer:{name}", "target"))][:6]
         if rows and hasattr(rows[0][0], "resize"):
-            example_grid(rows, ["source", f"patched: {_short(name)}", "target"], out / f"examples_{tag}.png")
+            labels = ["source", f"patched: {_short(name)}", "target"]
+            folder.save_image(f"examples_{tag}.png", image_grid(rows, labels=labels, scale=4))
             grids.append((tag, name))
     rows_html = "".join(
         f"<tr{' class=chosen' if p['name'] in summary['chosen_layers'] else ''}><td>{p['index']}</td>"
@@ -154,6 +154,4 @@ for n in summary['chosen_layers'])}</p>
 <h2>k best layers</h2><table><tr><th>k</th><th>exact</th><th>F1</th></tr>{curve_html}</table>
 <h2>Examples</h2>{grids_html}
 <h2>Config</h2><pre>{cfg}</pre></body></html>"""
-    tmp = out / ".report.html.tmp"
-    tmp.write_text(page)
-    tmp.replace(out / "report.html")
+    folder.write_text("report.html", page)

@@ -7,17 +7,22 @@ and *all* layers; the target prompt's own generation is recorded as a reference.
 and the cumulative sets "k best layers" are scored too; the chosen set is the smallest k whose score reaches
 ``fraction`` (default 0.9) of the all-layers score.
 
-Records are appended to ``results.jsonl`` one work item (variant x chunk of pairs) at a time, each item with
-fixed pair boundaries and per-pair seeds, so a run killed at any point resumes where it stopped and ends
-with exactly the records an uninterrupted run writes. Under ``accelerate launch`` the work items are sharded
-across processes (``item % world_size``); rank files are merged into ``results.jsonl``.
+The output folder is a :class:`textloc.runs.folder.RunFolder` (locked; its fingerprint covers the config, the
+model and the pairs, plus a prompts file's content). Records are appended to ``results.jsonl`` one work item
+(variant x chunk of pairs) at a time, each item with fixed pair boundaries and per-pair seeds, so a run killed
+at any point resumes where it stopped and ends with exactly the records an uninterrupted run writes. Under
+``accelerate launch`` the work items are sharded across processes (``item % world_size``); rank files are
+merged into ``results.jsonl``.
+
+Readers and scores come from one place each: the model's profile picks the OCR backend (``profile.reader``) or
+the pixel reader of an attribute (``profile.attribute_reader``); :mod:`textloc.eval.scoring` scores. PSNR to the
+source follows its one rule (identical images: 100 dB).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import platform
 import time
@@ -37,7 +42,13 @@ from textloc.core.plan import PatchPlan
 from textloc.core.prefix import PrefixCache
 from textloc.data.pairs import PromptPair
 from textloc.errors import InputError
-from textloc.runs.io import append_jsonl, atomic_write_json, read_jsonl
+from textloc.eval.scoring import image_scores, normalize_text, text_scores
+from textloc.models.profiles import ModelProfile, profile_for
+from textloc.runs.folder import RunFolder
+from textloc.runs.io import read_jsonl
+
+ATTRIBUTES = ("text", "style", "colour", "background")
+RESULTS = "results.jsonl"
 
 Reader = Callable[[Sequence[Any], Sequence[PromptPair]], list[str]]
 
@@ -88,10 +99,7 @@ class LocalizationResult:
 
 def score_text(image: Any, read: str, pair: PromptPair, source_image: Any) -> dict[str, Any]:
     """OCR scores of one patched image against the target text and the source text, plus preservation."""
-    from textloc.eval.metrics import mse, normalize_text, ocr_word_scores, psnr, ssim
-
-    target = ocr_word_scores(read, pair.target_value)
-    source = ocr_word_scores(read, pair.source_value)
+    target = text_scores(read, pair.target_value)
     return {
         "read": normalize_text(read),
         "exact": bool(target.exact),
@@ -100,55 +108,33 @@ def score_text(image: Any, read: str, pair: PromptPair, source_image: Any) -> di
         "recall": float(target.recall),
         "cer": float(target.cer),
         "edit_distance": int(target.edit_distance),
-        "source_exact": bool(source.exact),
-        "mse": float(mse(image, source_image)),
-        "ssim": float(ssim(image, source_image)),
-        "psnr": _finite(psnr(image, source_image)),
+        "source_exact": bool(text_scores(read, pair.source_value).exact),
+        **image_scores(image, source_image).as_dict(),
     }
 
 
 def score_attribute(image: Any, read: str, pair: PromptPair, source_image: Any) -> dict[str, Any]:
-    from textloc.eval.metrics import mse, psnr, ssim
-
+    """A pixel reader's value against the target's and the source's attribute value, plus preservation."""
     return {
         "read": read,
         "exact": read == pair.target_value,
         "f1": float(read == pair.target_value),
         "source_exact": read == pair.source_value,
-        "mse": float(mse(image, source_image)),
-        "ssim": float(ssim(image, source_image)),
-        "psnr": _finite(psnr(image, source_image)),
+        **image_scores(image, source_image).as_dict(),
     }
 
 
-def _finite(value: float) -> float | None:
-    """JSON has no infinity: identical images (PSNR = inf) are stored as null and reported as such."""
-    return None if math.isinf(value) else float(value)
-
-
-def make_reader(attribute: str, ocr: str, embedded: bool = False) -> Reader:
-    """The reader for ``attribute``: OCR for text; pixel readers (embedded model only) for the others."""
+def make_reader(attribute: str, ocr: str, profile: ModelProfile) -> Reader:
+    """The reader for ``attribute``: the profile's OCR backend for text, its pixel reader for the others."""
+    if attribute not in ATTRIBUTES:
+        raise InputError(f"Expected --attribute in {', '.join(ATTRIBUTES)}, but got {attribute!r}")
     if attribute == "text":
-        from textloc.eval.ocr import embedded_reader, get_ocr_backend
-
-        backend = embedded_reader(ocr) if embedded else get_ocr_backend(ocr)  # same choice as ocr.reader_for
+        backend = profile.reader(ocr)
         return lambda images, _pairs: backend.read(list(images))
-    from textloc.models.embedded import readers
-
-    if attribute == "style":
-        return lambda images, pairs: [readers.font(im, _text_of(p)) for im, p in zip(images, pairs, strict=True)]
-    if attribute == "colour":
-        return lambda images, _pairs: [readers.text_colour(im) or "" for im in images]
-    if attribute == "background":
-        return lambda images, _pairs: [readers.background_colour(im) for im in images]
-    raise InputError(f"Expected --attribute in text, style, colour, background, but got {attribute!r}")
-
-
-def _text_of(pair: PromptPair) -> str:
-    import re
-
-    match = re.search(r'"([^"]+)"', pair.source)
-    return match.group(1).upper() if match else ""
+    if profile.attribute_reader is None:
+        raise InputError(f"--attribute {attribute} needs a model with pixel readers for it (the embedded model); "
+                         f"the {profile.name} model has none")
+    return profile.attribute_reader(attribute)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -183,16 +169,23 @@ class Localizer:
 
     def __init__(self, pipe: Any, pairs: list[PromptPair], config: LocalizeConfig, out: str | Path | None,
                  reader: Reader | None = None, call_kwargs: dict[str, Any] | None = None) -> None:
+        # Every option is validated here, before the run folder is created (nothing is written on bad input).
         if len(pairs) == 0:
             raise InputError("No prompt pairs to localize with")
+        if not 0 < config.fraction <= 1:
+            raise InputError(f"Expected 0 < fraction <= 1, but got {config.fraction}")
+        if config.chunk_size < 1 or config.batch_size < 1:
+            raise InputError(f"Expected chunk and batch sizes >= 1, but got {config.chunk_size}, {config.batch_size}")
         self.pipe, self.pairs, self.config = pipe, pairs, config
         self.out = Path(out) if out is not None else None
-        from textloc.models.embedded.pipeline import EmbeddedTextPipeline
-
-        self.reader = reader or make_reader(config.attribute, config.ocr, isinstance(pipe, EmbeddedTextPipeline))
+        self.profile = profile_for(pipe)
+        self.reader = reader or make_reader(config.attribute, config.ocr, self.profile)
         self.scorer = score_text if config.attribute == "text" else score_attribute
         self.layers = resolve_layers(pipe, config.layers) if config.layers else list_text_layers(pipe)
         self.steps = config.steps or default_steps(pipe)
+        self.profile.check_steps(self.steps)
+        PatchPlan(layers=[], start_step=config.start_step, branches=config.branches).validate_steps(self.steps)
+        self.folder: RunFolder | None = None
         self.call_kwargs = dict(call_kwargs or {})
         self.call_kwargs["num_inference_steps"] = self.steps
         if config.guidance is not None:
@@ -239,7 +232,10 @@ class Localizer:
             self.images.update(self._generate_batch(self._none_group, pairs))
         return [self.images[("none", p.key)] for p in pairs]
 
-    def _run_item(self, variants: list[tuple[str, list[str]]], pairs: list[PromptPair], path: Path | None) -> None:
+    def _results_name(self) -> str:
+        return RESULTS if self.world == 1 else f"results.rank{self.rank}.jsonl"
+
+    def _run_item(self, variants: list[tuple[str, list[str]]], pairs: list[PromptPair]) -> None:
         start = time.perf_counter()
         images = self._generate_batch(variants, pairs)
         seconds = (time.perf_counter() - start) / len(images)
@@ -258,8 +254,8 @@ class Localizer:
                     record["clip_t"] = clip_scores[(variant, pair.key)]
                 records.append(record)
                 self.records[(variant, pair.key)] = record
-        if path is not None:
-            append_jsonl(path, records)
+        if self.folder is not None:
+            self.folder.extend(records, name=self._results_name())
 
     def _run_variants(self, variants: list[tuple[str, list[str]]], desc: str) -> None:
         chunk = max(1, self.config.chunk_size)
@@ -268,14 +264,11 @@ class Localizer:
             self._none_group = variants[:group]
         items = [(variants[g : g + group], self.pairs[i : i + chunk]) for i in range(0, len(self.pairs), chunk)
                  for g in range(0, len(variants), group)]
-        path = None
-        if self.out is not None:
-            path = self.out / ("results.jsonl" if self.world == 1 else f"results.rank{self.rank}.jsonl")
         todo = [(i, item) for i, item in enumerate(items) if i % self.world == self.rank
                 and not all((v, p.key) in self.records for v, _ in item[0] for p in item[1])]
         for _, (group_variants, pairs) in tqdm(todo, desc=desc, disable=not todo or self.rank != 0,
                                                dynamic_ncols=True):
-            self._run_item(group_variants, pairs, path)
+            self._run_item(group_variants, pairs)
         self.barrier()
         if self.out is not None and self.world > 1:
             for record in _read_records(self.out):
@@ -283,7 +276,20 @@ class Localizer:
 
     # -- the sweep ----------------------------------------------------------------------------------------
     def run(self) -> LocalizationResult:
-        self._prepare_out()
+        if self.out is None:
+            return self._sweep()
+        command, config, inputs = self._folder_spec()
+        if self.rank == 0:  # the main process locks the folder and writes (or checks) config.json
+            with RunFolder(self.out, command=command, config=config, inputs=inputs) as self.folder:
+                self._load_records()
+                self.barrier()
+                return self._sweep()
+        self.barrier()  # other ranks of one launch check the same config.json, under the main rank's lock
+        with RunFolder(self.out, command=command, config=config, inputs=inputs, lock=False) as self.folder:
+            self._load_records()
+            return self._sweep()
+
+    def _sweep(self) -> LocalizationResult:
         self._run_variants(_variants(self.layers), "localize: single layers")
         ranking = self._ranking()
         curve_ks = self._curve_ks()
@@ -291,13 +297,12 @@ class Localizer:
                       if 1 < k < len(self.layers)]
         self._run_variants(cumulative, "localize: k best layers")
         summary = self._summary(ranking, curve_ks)
-        if self.out is not None and self.rank == 0:
+        if self.folder is not None and self.rank == 0:
             from textloc.apps.localize.report import write_report
 
             self._ensure_examples([r["name"] for r in (summary["ranking"][0], summary["ranking"][-1])])
-
-            atomic_write_json(self.out / "summary.json", summary)
-            write_report(self.out, summary, self.records, self.images, self.pairs)
+            self.folder.write_json("summary.json", summary)
+            write_report(self.folder, summary, self.images, self.pairs)
         return LocalizationResult(summary, sorted(self.records.values(), key=lambda r: (r["variant"], r["pair"])))
 
     def _clip_t(self, images: dict, variants: list[tuple[str, list[str]]], pairs: list[PromptPair]) -> dict | None:
@@ -321,26 +326,20 @@ class Localizer:
                 for pair, image in zip(missing, self._generate(variant, names, missing), strict=True):
                     self.images[(variant, pair.key)] = image
 
-    def _prepare_out(self) -> None:
-        if self.out is None:
-            return
-        self.out.mkdir(parents=True, exist_ok=True)
-        config_path = self.out / "config.json"
-        fingerprint = {"config": asdict(self.config), "config_hash": self.config.fingerprint(),
-                       "model_fingerprint": model_fingerprint(self.pipe), "pairs": [p.key for p in self.pairs]}
-        if config_path.exists():
-            previous = json.loads(config_path.read_text())
-            if (previous.get("config_hash"), previous.get("model_fingerprint"), previous.get("pairs")) != (
-                fingerprint["config_hash"], fingerprint["model_fingerprint"], fingerprint["pairs"]
-            ):
-                raise InputError(
-                    f"{self.out} holds a localization run with another model or settings; use a new --out folder"
-                )
+    def _folder_spec(self) -> tuple[str, dict[str, Any], dict[str, Path]]:
+        """What the run folder's fingerprint covers: every setting that changes a record (not the selection
+        fraction, not prefix reuse, which is bit-identical), the model, the pairs, and a prompts file's content."""
+        settings = {k: v for k, v in asdict(self.config).items() if k not in ("fraction", "prefix_reuse")}
+        config = {**settings, "model_fingerprint": model_fingerprint(self.pipe),
+                  "pairs": [p.key for p in self.pairs]}
+        prompts = Path(self.config.prompts)
+        inputs = {"prompts": prompts} if prompts.is_file() else {}
+        return "localize", config, inputs
+
+    def _load_records(self) -> None:
+        if self.out is not None:
             for record in _read_records(self.out):
                 self.records[(record["variant"], record["pair"])] = record
-        elif self.rank == 0:
-            atomic_write_json(config_path, fingerprint)
-        self.barrier()
 
     def _score(self, variant: str, key: str = "exact") -> float:
         values = [float(r[key]) for (v, _), r in self.records.items() if v == variant and r.get(key) is not None]
