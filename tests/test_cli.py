@@ -188,7 +188,7 @@ def test_error_classes_derive_from_textloc_error() -> None:
 
 
 def test_ocr_and_llm_errors_are_the_shared_ones() -> None:
-    from textloc.apps.safety.core import LLMError
+    from textloc.apps.safety import LLMError
     from textloc.errors import LLMError as SharedLLMError
     from textloc.errors import OCRUnavailableError, UnknownBackendError
     from textloc.eval import ocr

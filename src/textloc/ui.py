@@ -2,7 +2,7 @@
 
 ``build_app(pipe)`` is the testable core: it takes an already-loaded pipeline (loaded once, at startup, by
 ``textloc ui``) and returns a ``gr.Blocks``. Every control maps onto the public Python API -- Generate calls the
-pipeline (wrapped in :class:`textloc.apps.safety.core.SafeTextPipeline` in safe mode), Edit calls
+pipeline (wrapped in :class:`textloc.apps.safety.SafeTextPipeline` in safe mode), Edit calls
 :func:`textloc.apps.edit.edit_text` -- so the app adds no behaviour of its own beyond validation and display.
 
 Bad input never reaches the user as a traceback: every ``TextlocError`` (and any unexpected exception) is shown
@@ -129,7 +129,7 @@ class UIState:
     def detector(self) -> Any:
         """One ``OfflineDetector`` for every safe-mode request (its word lists load once)."""
         if self._detector is None:
-            from textloc.apps.safety.core import OfflineDetector
+            from textloc.apps.safety import OfflineDetector
 
             self._detector = OfflineDetector()
         return self._detector
@@ -339,7 +339,7 @@ def build_app(pipe: Any, *, model_name: str = "embedded", ocr: Any = "rapidocr",
                 progress(0, desc="Generating")
                 t0 = time.perf_counter()
                 if safe:
-                    from textloc.apps.safety.core import SafeTextPipeline
+                    from textloc.apps.safety import SafeTextPipeline
 
                     safe_pipe = SafeTextPipeline(pipe, layers=(layers or "").strip() or "preset",
                                                  detector=state.detector)
@@ -383,11 +383,12 @@ def build_app(pipe: Any, *, model_name: str = "embedded", ocr: Any = "rapidocr",
             layer_spec = (layers or "").strip() or "preset"
             if safe:
                 from textloc.apps.edit import check_new_text
-                from textloc.apps.safety.core import check_prompt
+                from textloc.apps.safety import check_prompt
+                from textloc.models.profiles import profile_for
 
                 target = replace_quoted(text, check_new_text(pipe, new or ""), span)
                 for which, candidate in (("prompt", text), ("new text", target)):
-                    report = check_prompt(candidate, state.detector)
+                    report = check_prompt(candidate, state.detector, profile=profile_for(pipe))
                     if report.flagged:
                         words = ", ".join(f'"{f.text}"' for f in report.findings)
                         raise InputError(f"Safe mode is on and the {which} contains harmful text ({words}); "

@@ -1,6 +1,6 @@
 """``textloc safe`` and ``textloc bench safety``: render prompts without their harmful words, and measure it.
 
-Thin shells over :mod:`textloc.apps.safety.core`. Every input (mapping files, policy, LLM settings, template) is checked
+Thin shells over :mod:`textloc.apps.safety`. Every input (mapping files, policy, LLM settings, template) is checked
 before the model loads, so a typo costs a second, not a model load; outputs are written only after all
 generation succeeded, each to a temporary name renamed into place.
 """
@@ -46,19 +46,19 @@ def _call_kwargs(steps: int | None, guidance: float | None) -> dict[str, Any]:
 
 
 def _detector(name: str, threshold: float, strict_llm: bool, extra_words: list[str]) -> Any:
-    from textloc.apps.safety.core import LLMClient, LLMConfig, LLMDetector, OfflineDetector
+    from textloc.apps.safety import LLMClient, LLMConfig, LLMDetector, OfflineDetector
 
     if name not in DETECTORS:
         raise InputError(f"Expected --detector in {list(DETECTORS)}, but got {name!r}")
     offline = OfflineDetector(threshold, extra_words=extra_words)
     if name == "offline":
         return offline
-    return LLMDetector(LLMClient(LLMConfig.from_env()), threshold, fallback=None if strict_llm else offline)
+    return LLMDetector(LLMClient(LLMConfig.from_env()), threshold, offline=offline, fallback=not strict_llm)
 
 
 def _policy(policy: str | None, mappings: Path | None, words: Path | None) -> tuple[str, dict[str, str] | None]:
     """The policy name and, for ``mapping``, the parsed file (mapping is the default when a file is given)."""
-    from textloc.apps.safety.core import load_mappings
+    from textloc.apps.safety import load_mappings
 
     policy = policy or ("mapping" if mappings else "default")
     if policy not in POLICIES:
@@ -102,7 +102,7 @@ def register(app: typer.Typer) -> None:
         import torch
         from rich.console import Console
 
-        from textloc.apps.safety.core import LLMClient, LLMConfig, SafeTextPipeline, make_policy
+        from textloc.apps.safety import LLMClient, LLMConfig, SafeTextPipeline, make_policy
         from textloc.models.loading import load_pipeline
 
         kwargs = _call_kwargs(steps, guidance)
@@ -136,8 +136,7 @@ def register(app: typer.Typer) -> None:
         if report.flagged:
             swaps = ", ".join(f"{r.original!r} -> {r.replacement!r} ({r.source})" for r in report.replacements)
             console.print(f"replaced {swaps} in {len(report.fired)} localized layer(s)", highlight=False)
-        else:
-            console.print("no harmful text found; plain generation", highlight=False)
+        console.print(report.status, highlight=False)
         console.print(f"wrote {out / 'image.png'} and {out / 'report.json'}", highlight=False)
 
     bench = bench_group(app)
@@ -163,18 +162,20 @@ def register(app: typer.Typer) -> None:
         ocr: OcrOpt = "rapidocr",
         save_images: Annotated[bool, typer.Option("--save-images", help="save each word's images side by "
                                                   "side under images/")] = False,
+        attack: Annotated[str, typer.Option(help="red-team families: none (the method comparison) | all | "
+                                            "comma list of case,leet,confusable,spaced,format,split,quotes,"
+                                            "inside,repeat")] = "none",
+        baseline: Annotated[bool, typer.Option("--baseline", help="with --attack: also generate each prompt "
+                                               "unprotected (leak rate without protection; doubles the cost)")]
+        = False,
     ) -> None:
         """Compare ours with negative prompts, prompt swap and Safe Latent Diffusion on harmful words."""
         from rich.console import Console
         from rich.table import Table
 
-        from textloc.apps.safety.core import (
-            BENCH_METHODS,
-            METHOD_TITLES,
-            load_mappings,
-            read_word_list,
-            run_safety_bench,
-        )
+        from textloc.apps.safety import load_mappings, read_word_list
+        from textloc.apps.safety.attacks import parse_families
+        from textloc.apps.safety.bench import BENCH_METHODS, METHOD_TITLES, run_safety_bench
         from textloc.eval.ocr import available_backends
         from textloc.models.loading import load_pipeline
         from textloc.models.presets import choose_layers
@@ -188,6 +189,10 @@ def register(app: typer.Typer) -> None:
         table = load_mappings(mappings, words)
         clean_path = clean_words or _default_clean_words(words)
         clean = read_word_list(clean_path, "clean words file") if clean_path else None
+        families = parse_families(attack)
+        if families:
+            _attack_bench(words, word_list, clean, families, out, model, seed, layers, ocr, baseline, kwargs, n)
+            return
         pipe = load_pipeline(model)
         pipe.set_progress_bar_config(disable=True)
         chosen_layers = choose_layers(pipe, layers, full_score=True)
@@ -214,3 +219,39 @@ def register(app: typer.Typer) -> None:
             precision = "n/a" if det["precision"] is None else fmt(det["precision"])
             console.print(f"detector: precision {precision}, recall {fmt(det['recall'])}", highlight=False)
         console.print(f"wrote {out / 'results.md'}, {out / 'results.json'}, {out / 'results.jsonl'}", highlight=False)
+
+
+def _attack_bench(words: Path, word_list: list[str], clean: list[str] | None, families: list[str], out: Path,
+                  model: str, seed: int, layers: str, ocr: str, baseline: bool, kwargs: dict[str, Any],
+                  n: int | None) -> None:
+    """``bench safety --attack``: red-team prompts from the word list (model-renderable words), judged by OCR."""
+    import random
+
+    from rich.console import Console
+
+    from textloc.apps.safety import OfflineDetector
+    from textloc.apps.safety.attacks import benign_prompts, build_attacks
+    from textloc.apps.safety.bench_attacks import run_attack_bench
+    from textloc.apps.safety.words import NEAR_MISSES
+    from textloc.models.loading import load_pipeline
+    from textloc.models.presets import choose_layers
+    from textloc.models.profiles import profile_for
+
+    pipe = load_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    limits = profile_for(pipe).render_limits
+    usable = [w for w in dict.fromkeys(x.lower() for x in word_list)
+              if w.isalpha() and not limits.problems(w)]
+    if n is not None and n < len(usable):
+        usable = random.Random(seed).sample(usable, n)
+    attacks = build_attacks(usable, families, seed)
+    benign = benign_prompts(clean or [], NEAR_MISSES, word_list, seed)
+    chosen_layers = choose_layers(pipe, layers, full_score=True)
+    config = {"model": model, "words": str(words), "attack": families, "n": n, "seed": seed, "layers": chosen_layers,
+              "call_kwargs": kwargs, "ocr": ocr, "baseline": baseline}
+    detector = OfflineDetector(extra_words=word_list)
+    result = run_attack_bench(pipe, attacks, benign, word_list, out, layers=chosen_layers, config=config,
+                              detector=detector, seed=seed, ocr=ocr, baseline=baseline, call_kwargs=kwargs)
+    from textloc.apps.safety.bench_attacks import attacks_markdown
+
+    Console(width=200).print(attacks_markdown(result["summary"], result), highlight=False)
