@@ -133,6 +133,8 @@ class ModelProfile:
     edit_benchmarks: tuple[str, ...] = ()
     #: ``edit_pairs(benchmark, n, seed)`` -> edit pairs of one of ``edit_benchmarks`` (``n=None``: its default)
     edit_pairs: Callable[[str, int | None, int], list[Any]] | None = field(default=None, repr=False)
+    #: (prompt, new text) edits this model draws well: the web app's clickable examples (empty: generic ones)
+    examples: tuple[tuple[str, str], ...] = ()
 
     # -- what applications ask -------------------------------------------------------------------------
     def reader(self, ocr: str = "rapidocr") -> Any:

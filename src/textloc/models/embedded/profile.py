@@ -16,6 +16,13 @@ from textloc.models.profiles import ModelProfile, RenderLimits, register_profile
 #: full-score layers 4 + 0 + 1: 32/32 exact at steps 0 and 1, the later step wins ties; docs/editing.md).
 EDIT_START_STEP = (1, 20)
 LOCALIZATION = Path(__file__).with_name("localized.json")
+#: The web app's clickable examples: prompts in the model's training grammar, new text within its limits.
+EXAMPLES = (
+    ('a red sign with white serif letters that says "CAT"', "DOG"),
+    ('an orange sign with black letters that says "HELLO"', "BYE"),
+    ('a blue sign with yellow mono letters that says "OPEN"', "SHUT"),
+    ('a green sign with white sans letters that says "STOP"', "GO"),
+)
 LIMITS = RenderLimits(
     max_chars=renderer.MAX_CHARS,
     charset=frozenset(renderer.RENDERABLE),
@@ -76,5 +83,6 @@ PROFILE = register_profile(
         training=TRAINING,
         edit_benchmarks=benchpairs.BENCHMARKS,
         edit_pairs=benchpairs.edit_pairs,
+        examples=EXAMPLES,
     )
 )
