@@ -100,6 +100,17 @@ def size_option(flag: str) -> Any:
 # -- names ----------------------------------------------------------------------------------------------
 
 
+def choice_option(flag: str, help: str, choices: tuple[str, ...]) -> Any:
+    """One of a fixed set of names (checked while parsing, so before a model loads)."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"expected one of {', '.join(choices)}, but got {value!r}")
+        return value
+
+    return typer.Option(flag, help=help, callback=check)
+
+
 def _check_ocr(allow_none: bool) -> Callable[[Any], Any]:
     def check(value: str | None) -> str | None:
         if value is None or (allow_none and value.strip().lower() == "none"):
