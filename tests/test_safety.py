@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import run_main
 
-from textloc.apps.safety.core import (
+from textloc.apps.safety import (
     BENIGN_WORDS,
     DefaultReplacer,
     LLMClient,
@@ -24,20 +24,21 @@ from textloc.apps.safety.core import (
     LLMReplacer,
     MappingReplacer,
     OfflineDetector,
-    RenderLimits,
     SafeTextPipeline,
     check_prompt,
     detector_scores,
     fit_replacement,
     load_mappings,
-    read_records,
-    rendered_spans,
-    run_safety_bench,
+    rendered_regions,
 )
+from textloc.apps.safety.bench import run_safety_bench
 from textloc.errors import InputError
+from textloc.models.profiles import RenderLimits, profile_named
+from textloc.runs.io import read_jsonl
 
 TOXICBENCH = Path("/work/shared/benchmarks/toxicbench/words/train")
-EMBEDDED_LIMITS = RenderLimits(6, frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ "), True)
+EMBEDDED = profile_named("embedded")
+EMBEDDED_LIMITS = EMBEDDED.render_limits
 
 
 @cache
@@ -67,19 +68,22 @@ def up_block_layers(pipe) -> list[str]:
 @pytest.mark.parametrize(
     ("prompt", "expected"),
     [
-        ('a red sign that says "CAT"', [("CAT", True)]),
-        ('a sign “HELLO” next to "DOG"', [("HELLO", True), ("DOG", True)]),
-        ("a sign that says hello on a red background", [("hello", False)]),
-        ("a poster saying happy birthday, with balloons", [("happy birthday", False)]),
-        ("a board that reads: sh1t!", [("sh1t", False)]),
-        ("a banner with the text b!tch please in red", [("b!tch please", False)]),
+        ('a red sign that says "CAT"', [("CAT", "quoted")]),
+        # Curly quotes are not delimiters: ambiguous, so every stretch a pairing could delimit is checked.
+        ('a sign “HELLO” next to "DOG"', [("DOG", "quoted"), ("HELLO", "ambiguous"), (" next to ", "ambiguous")]),
+        ('a sign that says "OPEN', [("OPEN", "ambiguous")]),
+        ("a sign that says hello on a red background", [("hello", "unquoted")]),
+        ("a poster saying happy birthday, with balloons", [("happy birthday", "unquoted")]),
+        ("a board that reads: sh1t!", [("sh1t", "unquoted")]),
+        ("a banner with the text b!tch please in red", [("b!tch please", "unquoted")]),
         ("a cat on a mat", []),
     ],
 )
-def test_rendered_spans(prompt: str, expected: list[tuple[str, bool]]) -> None:
-    spans = rendered_spans(prompt)
-    assert [(s.text, s.quoted) for s in spans] == expected
-    assert all(prompt[s.start : s.end] == s.text for s in spans)
+def test_rendered_regions(prompt: str, expected: list[tuple[str, str]]) -> None:
+    regions, problems = rendered_regions(prompt)
+    assert [(r.text, r.kind) for r in regions] == expected
+    assert all(prompt[r.start : r.end] == r.text for r in regions)
+    assert bool(problems) == any(r.kind == "ambiguous" for r in regions)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -193,24 +197,24 @@ def test_default_replacement_looks_alike_and_fits() -> None:
 
 def test_mapping_policy_embedded_limits_and_flagged_suggestions() -> None:
     mapping = {"fuck": "duck", "shit": "oh shoot", "bitch": "witch", "ass": "f*ck"}
-    report = check_prompt('a sign that says "FUCK U"', detector(), [MappingReplacer(mapping)], EMBEDDED_LIMITS)
+    report = check_prompt('a sign that says "FUCK U"', detector(), [MappingReplacer(mapping)], EMBEDDED)
     assert report.safe_prompt == 'a sign that says "DUCK U"'
     assert report.replacements[0].source == "mapping"
     # "oh shoot" -> "SHOOT" (fits) but the classifier flags "shoot": the default takes over, with a note.
-    report = check_prompt('a sign that says "sh1t"', detector(), [MappingReplacer(mapping)], EMBEDDED_LIMITS)
+    report = check_prompt('a sign that says "sh1t"', detector(), [MappingReplacer(mapping)], EMBEDDED)
     swap = report.replacements[0]
     assert swap.source == "default" and swap.note and len(swap.replacement) <= 6
     assert not detector().score([swap.replacement])[0].flagged
     # A mapping to another bad word is never used.
-    report = check_prompt('a sign that says "ASS"', detector(), [MappingReplacer(mapping)], EMBEDDED_LIMITS)
+    report = check_prompt('a sign that says "ASS"', detector(), [MappingReplacer(mapping)], EMBEDDED)
     assert report.replacements[0].source == "default"
     # A suggestion too long for the model is swapped for the closest benign word that fits, credited to it.
     report = check_prompt('a sign that says "BITCH"', detector(), [MappingReplacer({"bitch": "butterflies"})],
-                          EMBEDDED_LIMITS)
+                          EMBEDDED)
     swap = report.replacements[0]
     assert swap.source == "default" and "does not fit 6" in swap.note and len(swap.replacement) <= 6
     # The whole span still fits six characters.
-    report = check_prompt('a sign that says "AB FUCKER"', detector(), [], EMBEDDED_LIMITS)
+    report = check_prompt('a sign that says "AB FUCKER"', detector(), [], EMBEDDED)
     assert len(report.safe_prompt.split('"')[1]) <= 6
 
 
@@ -326,7 +330,7 @@ def test_llm_detector_good_answer(llm_server) -> None:
     sent = llm_server.requests[0]
     assert sent["path"] == "/v1/chat/completions" and sent["auth"] == "Bearer sekret"
     assert sent["body"]["model"] == "test-model"
-    assert json.loads(sent["body"]["messages"][1]["content"]) == ["OH", "DARN", "OH DARN"]
+    assert json.loads(sent["body"]["messages"][1]["content"]) == ["OH DARN", "OH", "DARN"]
 
 
 @pytest.mark.parametrize(
@@ -341,12 +345,12 @@ def test_llm_detector_good_answer(llm_server) -> None:
 )
 def test_llm_detector_malformed_answer(llm_server, reply) -> None:
     llm_server.reply = lambda request: reply
-    strict = LLMDetector(_client(llm_server), fallback=None)
+    strict = LLMDetector(_client(llm_server), fallback=False)
     with pytest.raises(LLMError, match="Expected|HTTP 500"):
         strict.score(["fuck"])
     # Default policy: fall back to the offline detector, say so -- and still catch the word.
     report = check_prompt('a sign that says "FUCK"', LLMDetector(_client(llm_server)))
-    assert report.flagged and report.notes and "offline detector instead" in report.notes[0]
+    assert report.flagged and report.notes and "offline detector's verdicts only" in report.notes[0]
 
 
 def test_llm_unreachable_port_is_a_clear_error() -> None:
@@ -355,7 +359,7 @@ def test_llm_unreachable_port_is_a_clear_error() -> None:
         port = probe.getsockname()[1]
     client = LLMClient(LLMConfig(f"http://127.0.0.1:{port}", "m", None, 2.0))
     with pytest.raises(LLMError, match=f"Could not reach the LLM endpoint http://127.0.0.1:{port}/chat/completions"):
-        LLMDetector(client, fallback=None).score(["hello"])
+        LLMDetector(client, fallback=False).score(["hello"])
     report = check_prompt('a sign that says "SH1T"', LLMDetector(client))
     assert report.flagged and "Could not reach" in report.notes[0]
 
@@ -378,11 +382,11 @@ def test_llm_replacer(llm_server) -> None:
         return 200, json.dumps({"replacements": [{"text": w, "replacement": "Fudge!"} for w in words]})
 
     llm_server.reply = answer
-    report = check_prompt('a sign that says "FUCK"', detector(), [LLMReplacer(_client(llm_server))], EMBEDDED_LIMITS)
+    report = check_prompt('a sign that says "FUCK"', detector(), [LLMReplacer(_client(llm_server))], EMBEDDED)
     assert report.safe_prompt == 'a sign that says "FUDGE"' and report.replacements[0].source == "llm"
     assert "at most 6 characters" in llm_server.requests[0]["body"]["messages"][0]["content"]
     llm_server.reply = lambda request: (200, "no json here")
-    report = check_prompt('a sign that says "FUCK"', detector(), [LLMReplacer(_client(llm_server))], EMBEDDED_LIMITS)
+    report = check_prompt('a sign that says "FUCK"', detector(), [LLMReplacer(_client(llm_server))], EMBEDDED)
     assert report.replacements[0].source == "default" and "default replacement" in report.notes[0]
 
 
@@ -491,10 +495,12 @@ def test_safety_bench_writes_incrementally_and_resumes(tmp_path: Path) -> None:
     assert summary["ours"]["replacement_read"] == 1.0 and summary["ours"]["ocr_f1_harmful"] == 0.0
     assert summary["unprotected"]["toxicity"] >= 0.5 and summary["ours"]["toxicity"] < 0.5
     assert summary["unprotected"]["mse"] is None and 0 <= summary["ours"]["ssim"] <= 1
-    assert summary["ours"]["background_kept"] in (0.0, 1.0)
+    records = read_jsonl(tmp_path / "results.jsonl")
+    ours = records[0]["methods"]["ours"]
+    kept = ours["background"] == records[0]["methods"]["unprotected"]["background"]
+    assert summary["ours"]["background_kept"] == float(kept) and ours["background_kept"] is kept
     assert "Stable Diffusion 1.x" in summary["sld"]["na"]
     assert result["detector"]["recall"] == 1.0 and result["detector"]["precision"] == 1.0
-    records = read_records(tmp_path / "results.jsonl")
     assert [r["word"] for r in records] == ["SHIT"] and records[0]["safe_prompt"].endswith('"SHIP"')
     markdown = (tmp_path / "results.md").read_text()
     assert "| Ours (localized layers) |" in markdown and "N/A" in markdown and "precision 1.000" in markdown
@@ -504,7 +510,10 @@ def test_safety_bench_writes_incrementally_and_resumes(tmp_path: Path) -> None:
     assert ocr.calls == 1
     with (tmp_path / "results.jsonl").open("a") as torn:
         torn.write('{"key": "sh')
-    assert len(read_records(tmp_path / "results.jsonl")) == 1
+    assert len(read_jsonl(tmp_path / "results.jsonl")) == 1
+    run_safety_bench(pipe, words, {"shit": "ship"}, tmp_path, layers=layers, config=config, ocr=ocr,
+                     call_kwargs={"num_inference_steps": 2}, progress=False)
+    assert ocr.calls == 1 and len(read_jsonl(tmp_path / "results.jsonl")) == 1
     with pytest.raises(InputError, match="same settings"):
         run_safety_bench(pipe, words, {"shit": "ship"}, tmp_path, layers=layers, config={"seed": 1}, ocr=ocr,
                          progress=False)

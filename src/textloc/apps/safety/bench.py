@@ -9,6 +9,7 @@ The attack benchmark (``--attack``) lives in ``bench_attacks.py``.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -259,7 +260,8 @@ def run_safety_bench(
     sld, sld_note = sld_pipeline(pipe)
     kwargs = dict(call_kwargs or {})
     replacer = MappingReplacer(mapping)
-    with RunFolder(out, command="bench safety", config=config) as run:
+    inputs = {"words": "\n".join(words), "mapping": json.dumps(mapping, sort_keys=True)}
+    with RunFolder(out, command="bench safety", config=config, inputs=inputs) as run:
         records = run.records("results.jsonl")
         done = {r["key"] for r in records}
         bar = tqdm(total=len(chosen), initial=len(done), desc="bench safety", dynamic_ncols=True,

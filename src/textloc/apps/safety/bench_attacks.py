@@ -43,7 +43,9 @@ def run_attack_bench(pipe: Any, attacks: Sequence[AttackPrompt], benign: Sequenc
     whole = frozenset(w.lower() for w in harmful if w.isalpha())
     roots = tuple(dict.fromkeys([*STRONG_ROOTS, *(w for w in whole if any(r in w for r in STRONG_ROOTS))]))
     kwargs = dict(call_kwargs or {})
-    with RunFolder(out, command="bench safety --attack", config=config) as run:
+    inputs = {"harmful": "\n".join(harmful), "attacks": "\n".join(a.prompt for a in attacks),
+              "benign": "\n".join(b.prompt for b in benign)}
+    with RunFolder(out, command="bench safety --attack", config=config, inputs=inputs) as run:
         done = {r["key"] for r in run.records()}
         shown: dict[str, int] = {}
         todo = [a for a in attacks if a.key not in done]

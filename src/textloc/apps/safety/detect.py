@@ -231,9 +231,6 @@ class OfflineDetector:
         core = word.strip("'")
         if sum(c.isalpha() for c in core) < 1 or core[0] in MASKS and core[-1] in MASKS:
             return None
-        for reading in deleet_variants(re.sub(f"[{re.escape(MASKS)}]", "", core)):
-            if self._lookup(reading) or self._root(reading):
-                return reading
         _, by_length = W.lexicon()
         pattern_source = "".join("." if c in MASKS else re.escape(c) for c in core)
         patterns = [re.compile(p) for p in deleet_variants(pattern_source)]
@@ -242,6 +239,9 @@ class OfflineDetector:
         for candidate in pool:
             if any(p.fullmatch(candidate) for p in patterns):
                 return candidate
+        for reading in deleet_variants(re.sub(f"[{re.escape(MASKS)}]", "", core)):
+            if self._lookup(reading) or self._root(reading):
+                return reading
         for root in self.roots:  # an unknown glyph inside a longer string: "E?UCK" holds "fuck"
             if len(root) <= len(core) and any(p.search(root) for p in _root_windows(core, len(root))):
                 return root
