@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import weakref
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -102,7 +103,8 @@ def _trace_order(denoiser: nn.Module, names: list[str]) -> list[str]:
     return order + missing  # layers a dummy pass skipped keep their registration order at the end
 
 
-_CACHE_ATTR = "_textloc_text_layers"
+#: Traced layer lists by denoiser, held weakly: the cache lives beside the user's module, never on it.
+_TRACED: weakref.WeakKeyDictionary[nn.Module, list[TextLayer]] = weakref.WeakKeyDictionary()
 
 
 def list_text_layers(model: Any) -> list[TextLayer]:
@@ -112,10 +114,10 @@ def list_text_layers(model: Any) -> list[TextLayer]:
         model: a diffusers pipeline, or its denoiser (``UNet2DConditionModel``, ``SD3Transformer2DModel``,
             ``FluxTransformer2DModel``, ``PixArtTransformer2DModel``, ``SanaTransformer2DModel``).
 
-    The result is cached on the denoiser (the trace costs one forward pass).
+    The result is cached per denoiser (the trace costs one forward pass), beside it, not on it.
     """
     denoiser = get_denoiser(model)
-    cached = getattr(denoiser, _CACHE_ATTR, None)
+    cached = _TRACED.get(denoiser)
     if cached is not None:
         return cached
     arch = architecture_of(denoiser)
@@ -140,7 +142,7 @@ def list_text_layers(model: Any) -> list[TextLayer]:
         kv = _count(getattr(module, key)) + _count(getattr(module, value))
         params = _count(module)
         layers.append(TextLayer(index, name, kind, key, value, kv, params, params / total))
-    setattr(denoiser, _CACHE_ATTR, layers)
+    _TRACED[denoiser] = layers
     return layers
 
 
