@@ -139,7 +139,7 @@ def clip_features(images: Sequence[Image.Image], clip_path: str | Path, *, batch
         clip_path: a folder written by ``save_pretrained`` (e.g. a local copy of ``openai/clip-vit-base-patch32``);
             nothing is downloaded.
     """
-    from textloc.eval.metrics import _features, load_clip  # the one CLIP loader (local folders only)
+    from textloc.eval.metrics import load_clip, projected_features  # the one CLIP loader (local folders only)
 
     model, processor = load_clip(str(Path(clip_path).expanduser()), text=False)
     if device:  # a copy: the cached model stays where it was loaded
@@ -151,7 +151,7 @@ def clip_features(images: Sequence[Image.Image], clip_path: str | Path, *, batch
         for start in range(0, len(images), batch_size):
             chunk = [image.convert("RGB") for image in images[start : start + batch_size]]
             pixels = processor(images=chunk, return_tensors="pt")["pixel_values"].to(model.device, model.dtype)
-            embeds = _features(model.get_image_features(pixel_values=pixels))
+            embeds = projected_features(model.get_image_features(pixel_values=pixels))
             rows.append(torch.nn.functional.normalize(embeds.float(), dim=-1).cpu().numpy())
     return np.concatenate(rows).astype(np.float64)
 

@@ -35,6 +35,7 @@ __all__ = [
     "ssim",
     "clip_t_score",
     "load_clip",
+    "projected_features",
 ]
 
 # --------------------------------------------------------------------------------------------------
@@ -42,7 +43,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 
 
-def _features(out: Any) -> torch.Tensor:
+def projected_features(out: Any) -> torch.Tensor:
     """transformers <5 returns the projected features; >=5 a ModelOutput whose pooler_output is them."""
     import torch
 
@@ -119,8 +120,8 @@ def clip_t_score(
             txts = list(texts[start : start + batch_size])
             pix = processor(images=imgs, return_tensors="pt")["pixel_values"].to(device=device, dtype=dtype)
             tok = processor(text=txts, return_tensors="pt", padding=True, truncation=True, max_length=max_len)
-            img_emb = _features(model.get_image_features(pixel_values=pix)).float()
-            txt_emb = _features(
+            img_emb = projected_features(model.get_image_features(pixel_values=pix)).float()
+            txt_emb = projected_features(
                 model.get_text_features(
                     input_ids=tok["input_ids"].to(device), attention_mask=tok["attention_mask"].to(device)
                 )
