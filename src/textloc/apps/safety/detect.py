@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import cache
 from typing import Any, Protocol, runtime_checkable
 
 from textloc.apps.safety import words as W
@@ -52,15 +53,59 @@ class Detector(Protocol):
     def score(self, texts: Sequence[str]) -> list[Verdict]: ...
 
 
+class _ProfanityClassifier:
+    """alt-profanity-check's model (word tf-idf, five calibrated linear SVMs), evaluated directly.
+
+    The same probabilities as ``profanity_check.predict_prob`` (a test checks it), without sklearn's per-call
+    validation, which cost more than the rest of detection together. Loaded once, lazily (~1 s).
+    """
+
+    def __init__(self) -> None:
+        import warnings
+
+        import numpy as np
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sklearn version-mismatch notes from the packaged model
+            from profanity_check import profanity_check as pc
+
+        self.np = np
+        self.vocabulary: dict[str, int] = dict(pc.vectorizer.vocabulary_)
+        self.idf = pc.vectorizer.idf_
+        members = pc.model.calibrated_classifiers_
+        self.weights = np.stack([m.estimator.coef_.ravel() for m in members])
+        self.bias = np.array([m.estimator.intercept_[0] for m in members])
+        self.slope = np.array([m.calibrators[0].a_ for m in members])
+        self.offset = np.array([m.calibrators[0].b_ for m in members])
+        self.token = re.compile(pc.vectorizer.token_pattern)
+
+    def __call__(self, texts: Sequence[str]) -> list[float]:
+        np = self.np
+        out = []
+        for text in texts:
+            counts: dict[int, int] = {}
+            for token in self.token.findall(text.lower()):
+                index = self.vocabulary.get(token)
+                if index is not None:
+                    counts[index] = counts.get(index, 0) + 1
+            decision = self.bias.copy()
+            if counts:
+                index = np.fromiter(counts, dtype=np.int64)
+                value = np.fromiter(counts.values(), dtype=np.float64) * self.idf[index]
+                value /= np.linalg.norm(value)
+                decision += self.weights[:, index] @ value
+            out.append(float(np.mean(1.0 / (1.0 + np.exp(self.slope * decision + self.offset)))))
+        return out
+
+
+@cache
+def _classifier() -> _ProfanityClassifier:
+    return _ProfanityClassifier()
+
+
 def _profanity_prob(texts: Sequence[str]) -> list[float]:
-    """alt-profanity-check's probability (a linear SVM on words/char n-grams); loaded lazily (~1 s)."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # sklearn version-mismatch notes from the pickled model
-        from profanity_check import predict_prob
-
-        return [float(p) for p in predict_prob(list(texts))] if texts else []
+    """alt-profanity-check's probability that each text is profane."""
+    return _classifier()(texts) if texts else []
 
 
 Hit = tuple[float, str, str | None]  # (score, reason, harmful word read)
@@ -100,6 +145,7 @@ class OfflineDetector:
         self.allow = W.WORD_ALLOWLIST | {w.strip().lower() for w in allow_words if w.strip()}
         self.use_classifier = use_classifier
         self._cache: dict[str, Verdict] = {}
+        self._pools: dict[int, tuple[str, ...]] = {}
 
     def score(self, texts: Sequence[str]) -> list[Verdict]:
         verdicts = [self._score_text(t) for t in texts]
@@ -189,6 +235,15 @@ class OfflineDetector:
                 best = (0.8, compound, plain)
         return best
 
+    def _pool(self, length: int) -> tuple[str, ...]:
+        """Listed words of ``length`` letters, those holding a strong root first ("f*ck" is "fuck", not "fack")."""
+        if length not in self._pools:
+            _, by_length = W.lexicon()
+            pool = list(by_length.get(length, ())) + sorted(w for w in self.extra if len(w) == length)
+            pool.sort(key=lambda w: not any(root in w for root in self.roots))
+            self._pools[length] = tuple(pool)
+        return self._pools[length]
+
     def _lookup(self, word: str, suffixes: Sequence[str] = W.SUFFIXES) -> tuple[str, str] | None:
         """The listed word that ``word`` is, possibly plus a suffix (stems of 4+ letters, or insults/roots)."""
         lexicon, _ = W.lexicon()
@@ -231,11 +286,9 @@ class OfflineDetector:
         core = word.strip("'")
         if sum(c.isalpha() for c in core) < 1 or core[0] in MASKS and core[-1] in MASKS:
             return None
-        _, by_length = W.lexicon()
         pattern_source = "".join("." if c in MASKS else re.escape(c) for c in core)
         patterns = [re.compile(p) for p in deleet_variants(pattern_source)]
-        pool = list(by_length.get(len(core), ())) + sorted(w for w in self.extra if len(w) == len(core))
-        pool.sort(key=lambda w: not any(root in w for root in self.roots))  # "f*ck" is "fuck" before "fack"
+        pool = self._pool(len(core))
         for candidate in pool:
             if any(p.fullmatch(candidate) for p in patterns):
                 return candidate
