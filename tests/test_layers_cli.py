@@ -91,6 +91,8 @@ def test_cli_layers_json_for_every_tiny_architecture(arch: str) -> None:
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output)
     assert [entry["name"] for entry in payload["layers"]] == [n for n, _ in GOLDEN[f"tiny:{arch}"]]
+    assert payload["fingerprint"] == model_fingerprint(build_tiny_pipeline(arch))
+    assert payload["preset"] is None and payload["config"] is None  # tiny models are no published model
 
 
 def test_cli_layers_table() -> None:
