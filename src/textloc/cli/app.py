@@ -16,6 +16,8 @@ temporary name and renamed into place, so a failed command never leaves a half-w
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import json
 import os
 import sys
@@ -103,24 +105,48 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _global_options(
-    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", help="print the version and exit", is_eager=True,
                                           callback=_version)] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show the full traceback of any error")] = False,
 ) -> None:
     """Localize and use the attention layers that decide rendered text in diffusion models."""
     _State.debug = debug or _State.debug
-    remaining = [*getattr(ctx, "_protected_args", []), *ctx.args]
-    if ctx.invoked_subcommand and not {"--help", "-h"} & set(remaining):
-        _quiet_libraries()
+
+
+class _QuietDiffusers(importlib.abc.MetaPathFinder):
+    """Turns diffusers' loading bars off the moment a command imports diffusers (stderr carries our messages only).
+
+    An import hook rather than an import: diffusers takes seconds to import, which ``--help``, a usage error or
+    an input error found before the model loads must not pay.
+    """
+
+    NAME = "diffusers.utils.logging"
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.NAME:
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        run = spec.loader.exec_module
+
+        def exec_module(module: Any) -> None:
+            run(module)
+            module.disable_progress_bar()
+
+        spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
 
 
 def _quiet_libraries() -> None:
-    """No loading bars from diffusers on the CLI: stderr carries our messages only (imports diffusers, so only
-    when a command is about to run, never for ``--help``)."""
-    from diffusers.utils import logging as diffusers_logging
-
-    diffusers_logging.disable_progress_bar()
+    """No loading bars from diffusers on the CLI, without importing it (see :class:`_QuietDiffusers`)."""
+    module = sys.modules.get(_QuietDiffusers.NAME)
+    if module is not None:
+        module.disable_progress_bar()
+    elif not any(isinstance(finder, _QuietDiffusers) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietDiffusers())
 
 
 @app.command()
@@ -277,6 +303,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and map every error once (module docstring). Always ends in ``SystemExit``."""
     args = sys.argv[1:] if argv is None else list(argv)
     _State.debug = False
+    _quiet_libraries()
     command = typer.main.get_command(app)
     try:
         with command.make_context("textloc", args) as ctx:
