@@ -17,12 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from textloc.apps.safety.detect import DEFAULT_THRESHOLD, Detector, OfflineDetector, Verdict
-from textloc.errors import InputError, TextlocError
-
-
-class LLMError(TextlocError):
-    """The configured LLM endpoint could not be reached or gave an answer that is not the JSON we asked for."""
-
+from textloc.errors import InputError, LLMError
 
 ENV_URL, ENV_MODEL, ENV_KEY, ENV_TIMEOUT = "TEXTLOC_LLM_URL", "TEXTLOC_LLM_MODEL", "TEXTLOC_LLM_API_KEY", \
     "TEXTLOC_LLM_TIMEOUT"
