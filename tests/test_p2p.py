@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from textloc.apps.p2p import P2PConfig, P2PController, align_tokens, check_supported, p2p_edit, token_ids
+from textloc.apps.p2p import (
+    P2P_ATTENTION_HOOK,
+    P2PConfig,
+    P2PController,
+    align_tokens,
+    check_supported,
+    p2p_edit,
+    token_ids,
+)
+from textloc.core.hooks import leftovers, registered_hooks
 from textloc.core.layers import get_denoiser
 from textloc.errors import InputError, PlanMismatchError, UnsupportedModelError
 from textloc.models.embedded.pipeline import build_untrained
@@ -70,21 +79,30 @@ def test_steps_come_from_the_scheduler() -> None:
     assert not any(name.startswith("down_blocks.1") for name in selfs)  # 12x32 queries > 24*64/16
 
 
-def test_processors_and_hooks_restored_even_on_exception() -> None:
+def test_hooks_not_processors_and_nothing_left_even_on_exception() -> None:
+    """P2P edits through named hooks on the attention modules; the processors are never swapped, and every
+    hook is gone afterwards (no registry, no instance ``forward``), also when the pipeline raises."""
     pipe = embedded()
     denoiser = get_denoiser(pipe)
     before = dict(denoiser.attn_processors)
+    seen: dict[str, list[str]] = {}
 
     def boom(_pipe, step, _t, _kwargs):
+        seen.update(registered_hooks(denoiser))
+        assert all(denoiser.attn_processors[k] is before[k] for k in before)  # in the middle of the run
         raise RuntimeError("stop")
 
     with pytest.raises(RuntimeError, match="stop"):
         _p2p(pipe, PROMPT, TARGET, num_inference_steps=3, callback_on_step_end=boom)
+    attention = {k.removesuffix(".processor") for k in before}
+    assert {path for path, names in seen.items() if P2P_ATTENTION_HOOK in names} == attention
     after = denoiser.attn_processors
     assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
-    assert not denoiser._forward_pre_hooks
+    assert leftovers(denoiser) == [] and registered_hooks(denoiser) == {}
+    assert not any("forward" in m.__dict__ or "_diffusers_hook" in m.__dict__ for m in denoiser.modules())
     _p2p(pipe, PROMPT, TARGET, num_inference_steps=2)
     assert all(denoiser.attn_processors[k] is before[k] for k in before)
+    assert leftovers(denoiser) == []
 
 
 def test_tiny_sd15() -> None:
@@ -112,13 +130,20 @@ def test_token_alignment() -> None:
     assert torch.all(refine.mapper.sum(dim=0) <= 1)  # every target key has at most one source key
 
 
-def test_layout_read_from_batch_size() -> None:
-    controller = P2PController(P2PConfig(), 10, stepper=None, align=None)
+def test_layout_from_cache_context_label_else_batch_size() -> None:
+    controller = P2PController(P2PConfig(), 10, align=None)
     assert controller.row_pairs(2) == [(0, 1)]
     assert controller.row_pairs(4) == [(2, 3)]
-    assert P2PController(P2PConfig(edit_uncond=True), 10, None, None).row_pairs(4) == [(0, 1), (2, 3)]
+    both = P2PController(P2PConfig(edit_uncond=True), 10, align=None)
+    assert both.row_pairs(4) == [(0, 1), (2, 3)]
     with pytest.raises(PlanMismatchError, match="but got 6"):
         controller.row_pairs(6)
+    # A call the pipeline labels (`cache_context`) is one branch: the label decides, not the batch size.
+    assert controller.row_pairs(2, "cond") == [(0, 1)]
+    assert controller.row_pairs(2, "uncond") == []
+    assert both.row_pairs(2, "uncond") == [(0, 1)]
+    with pytest.raises(PlanMismatchError, match="'cond' call"):
+        controller.row_pairs(4, "cond")
 
 
 def test_bad_input() -> None:

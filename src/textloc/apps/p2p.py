@@ -7,16 +7,19 @@ first ``self_replace_steps`` the low-resolution self-attention layers of the tar
 maps. The target therefore keeps the source's layout while its values (the new word) come from its own text.
 
 Implementation notes:
-* Attention maps are edited in diffusers *attention processors*, installed with one
-  ``set_attn_processor(dict)`` call and restored in ``finally`` (also when the pipeline raises). A wrapped
-  processor computes attention itself only when it has something to edit at this step; otherwise it calls
-  the original processor (SDPA, sliced, xformers …), so P2P costs about one batch-of-two generation.
-* The current step is pushed in by the denoiser itself: a forward pre-hook reads its ``timestep`` argument
-  and asks the scheduler (``step_index``) or looks the timestep up, exactly like the patching engine. Layer
-  calls are never counted.
-* The batch layout is read from the batch size: 2 rows = ``[source, target]`` (no guidance), 4 rows =
-  ``[source_uncond, target_uncond, source_cond, target_cond]`` (diffusers' CFG layout). As in the original
-  code only the conditional rows are edited (``edit_uncond=True`` edits both).
+* Attention maps are edited by a named hook (``P2P_ATTENTION_HOOK``, a diffusers ``ModelHook`` with
+  ``new_forward``) on every attention module, registered and removed through ``core.hooks.attach_hooks`` like
+  the engine's hooks -- the processors are never swapped. The hook computes attention itself only when it
+  has something to edit at this step; otherwise it calls the module's own forward, so its processor (SDPA,
+  sliced, xformers …) runs unchanged and P2P costs about one batch-of-two generation.
+* The current step is pushed in by the denoiser itself: a hook on the denoiser (``P2P_DENOISER_HOOK``) hands
+  every call to ``core.steps.StepTracker``, which asks the scheduler, exactly like the patching engine.
+  Layer calls are never counted.
+* The CFG branch: a call the pipeline labels with ``cache_context("cond" | "uncond")`` is that branch, so its
+  2 rows are ``[source, target]`` of that branch. Unlabelled calls are read from the batch size: 2 rows =
+  ``[source, target]`` (no guidance), 4 rows = ``[source_uncond, target_uncond, source_cond, target_cond]``
+  (diffusers' CFG layout). As in the original code only the conditional rows are edited (``edit_uncond=True``
+  edits both).
 * Token alignment: the two prompts are tokenized with the pipeline's tokenizer (padded to the number of
   text keys) and aligned with ``difflib``; equal runs and equal-length replacements map 1:1 (word swap:
   ``"CAT"`` -> ``"DOG"`` is 1:1 on the embedded model's character tokens and on CLIP's word pieces when the
@@ -38,13 +41,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from diffusers.hooks import ModelHook
 from torch import nn
 
-from textloc.core.engine import PatchState, _batch_arg, default_steps
+from textloc.core.engine import default_steps
+from textloc.core.hooks import DenoiserCallHook, attach_hooks
 from textloc.core.layers import ADDED_KV, architecture_of, get_denoiser, list_text_layers
-from textloc.core.plan import PatchPlan
-from textloc.core.prefix import timestep_arg
+from textloc.core.steps import COND, UNCOND, DenoiserCall, StepTracker
 from textloc.errors import InputError, PlanMismatchError, PlanNeverFiredError, UnsupportedModelError
+
+P2P_DENOISER_HOOK = "textloc.p2p.denoiser"
+P2P_ATTENTION_HOOK = "textloc.p2p.attention"
 
 #: Processors that compute plain scaled-dot-product attention; P2P may recompute their attention by hand.
 PLAIN_PROCESSORS = frozenset(
@@ -128,14 +135,14 @@ def token_ids(pipe: Any, prompt: str, n_keys: int) -> list[int]:
 
 @dataclass
 class P2PController:
-    """Per-run state; the processors ask it what to do and hand it attention maps to edit."""
+    """Per-run state; the attention hooks ask it what to do and hand it attention maps to edit."""
 
     config: P2PConfig
     num_steps: int
-    stepper: PatchState
     align: Any  # callable: n_keys -> TokenAlignment
     step: int = -1
     batch: int = 0
+    branch: str | None = None  # the call's CFG branch when the pipeline labels it (`cache_context`)
     input_pixels: int = 0
     alignment: TokenAlignment | None = None
     fired: dict[str, set[int]] = field(default_factory=dict)
@@ -148,15 +155,14 @@ class P2PController:
     def self_until(self) -> int:
         return int(self.config.self_replace_steps * self.num_steps)
 
-    def enter_call(self, timestep: Any, sample: torch.Tensor | None, batch: int) -> None:
-        """Called by the denoiser pre-hook: the step comes from the scheduler, never from counting calls."""
-        self.step = self.stepper.step_of(timestep)
-        self.batch = batch
+    def enter_call(self, call: DenoiserCall, sample: torch.Tensor | None) -> None:
+        """Called by the denoiser hook: the step comes from the scheduler, never from counting calls."""
+        self.step, self.batch, self.branch = call.step, call.batch, call.branch
         if sample is not None and sample.ndim == 4:
             self.input_pixels = int(sample.shape[-1] * sample.shape[-2])
 
     def wants(self, is_cross: bool, queries: int) -> bool:
-        if self.step < 0:
+        if self.step < 0 or not self.row_pairs(self.batch, self.branch):
             return False
         if is_cross:
             return self.step < self.cross_until
@@ -165,10 +171,14 @@ class P2PController:
             limit = self.input_pixels // 16
         return self.step < self.self_until and queries <= limit
 
-    def row_pairs(self, batch: int) -> list[tuple[int, int]]:
-        """(source row, target row) pairs to edit, read from the batch size (see the module docstring)."""
+    def row_pairs(self, batch: int, branch: str | None = None) -> list[tuple[int, int]]:
+        """(source row, target row) pairs to edit: a labelled call is one branch, else the batch size says."""
+        if batch == 2 and branch == UNCOND:
+            return [(0, 1)] if self.config.edit_uncond else []
         if batch == 2:
             return [(0, 1)]
+        if branch in (COND, UNCOND):
+            raise PlanMismatchError(f"Expected 2 rows ([source, target]) in a {branch!r} call, but got {batch}")
         if batch == 4:
             return [(0, 1), (2, 3)] if self.config.edit_uncond else [(2, 3)]
         raise PlanMismatchError(
@@ -177,8 +187,11 @@ class P2PController:
 
     def edit(self, name: str, probs: torch.Tensor, is_cross: bool) -> torch.Tensor:
         """Edit attention probabilities of shape ``(batch, heads, queries, keys)``; returns a new tensor."""
+        pairs = self.row_pairs(probs.shape[0], self.branch)
+        if not pairs:
+            return probs
         out = probs.clone()
-        for src, tgt in self.row_pairs(probs.shape[0]):
+        for src, tgt in pairs:
             if is_cross:
                 alignment = self._alignment(probs.shape[-1])
                 mapper = alignment.mapper.to(probs.device, probs.dtype)
@@ -196,28 +209,23 @@ class P2PController:
         return self.alignment
 
 
-class P2PAttnProcessor:
-    """Wraps one layer's original processor; computes attention by hand only when the controller edits it."""
+class P2PAttentionHook(ModelHook):
+    """On one attention module: computes attention by hand only when the controller edits this call."""
 
-    def __init__(self, original: Any, controller: P2PController, name: str) -> None:
-        self.original = original
+    def __init__(self, controller: P2PController, name: str) -> None:
+        super().__init__()
         self.controller = controller
         self.name = name
 
-    def __call__(
-        self,
-        attn: nn.Module,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
+    def new_forward(self, attn: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        hidden_states = args[0] if args else kwargs["hidden_states"]
+        encoder_hidden_states = args[1] if len(args) > 1 else kwargs.get("encoder_hidden_states")
         is_cross = encoder_hidden_states is not None
         queries = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
         if not self.controller.wants(is_cross, queries):
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kwargs)
-        return self._attend(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+            return self.fn_ref.original_forward(*args, **kwargs)
+        attention_mask = args[2] if len(args) > 2 else kwargs.get("attention_mask")
+        return self._attend(attn, hidden_states, encoder_hidden_states, attention_mask, kwargs.get("temb"))
 
     def _attend(self, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
                 attention_mask: torch.Tensor | None, temb: torch.Tensor | None) -> torch.Tensor:
@@ -286,25 +294,23 @@ def check_supported(pipe: Any) -> nn.Module:
 
 
 @contextmanager
-def p2p_processors(denoiser: nn.Module, controller: P2PController) -> Iterator[P2PController]:
-    """Install P2P processors with one ``set_attn_processor`` call plus the step pre-hook; always restores."""
-    original = dict(denoiser.attn_processors)
-    wrapped = {name: P2PAttnProcessor(proc, controller, name.removesuffix(".processor"))
-               for name, proc in original.items()}
+def p2p_hooks(pipe: Any, controller: P2PController) -> Iterator[P2PController]:
+    """Register P2P's named hooks: the step tracker on the denoiser, one editor per attention module.
 
-    def pre_hook(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-        sample = args[0] if args else kwargs.get("sample")
-        controller.enter_call(timestep_arg(args, kwargs), sample, _batch_arg(args, kwargs))
+    All go through ``core.hooks.attach_hooks`` and are removed on exit, also when the pipeline raises.
+    """
+    denoiser = get_denoiser(pipe)
+    modules = dict(denoiser.named_modules())
 
-    handle = None
-    try:
-        denoiser.set_attn_processor(dict(wrapped))  # diffusers pops from the dict it is given
-        handle = denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    def on_call(call: DenoiserCall, args: tuple, kwargs: dict) -> None:
+        controller.enter_call(call, args[0] if args else kwargs.get("sample"))
+
+    entries = [(denoiser, P2P_DENOISER_HOOK, DenoiserCallHook(StepTracker(pipe.scheduler), on_call))]
+    for key in denoiser.attn_processors:
+        name = key.removesuffix(".processor")
+        entries.append((modules[name], P2P_ATTENTION_HOOK, P2PAttentionHook(controller, name)))
+    with attach_hooks(entries, root=denoiser):
         yield controller
-    finally:
-        if handle is not None:
-            handle.remove()
-        denoiser.set_attn_processor(dict(original))
 
 
 @dataclass
@@ -360,7 +366,7 @@ def p2p_edit(
         if banned in call_kwargs:
             raise InputError(f"`{banned}` is not supported by Prompt-to-Prompt; pass prompts instead")
     config = config or P2PConfig()
-    denoiser = check_supported(pipe)
+    check_supported(pipe)
     kwargs = dict(call_kwargs)
     num_steps = kwargs.get("num_inference_steps") or default_steps(pipe)
     if kwargs.get("latents") is not None:
@@ -374,10 +380,9 @@ def p2p_edit(
     def align(n_keys: int) -> TokenAlignment:
         return align_tokens(token_ids(pipe, source_prompt, n_keys), token_ids(pipe, target_prompt, n_keys), n_keys)
 
-    stepper = PatchState(PatchPlan(), [], pipe.scheduler, None)
-    controller = P2PController(config, num_steps, stepper, align)
+    controller = P2PController(config, num_steps, align)
     start = time.perf_counter()
-    with p2p_processors(denoiser, controller):
+    with p2p_hooks(pipe, controller):
         images = pipe([source_prompt, target_prompt], **kwargs).images
     seconds = time.perf_counter() - start
     if controller.step < 0:

@@ -9,6 +9,10 @@ a hit returns exactly what the computation would have returned: results stay bit
 
 The engine (``generate(..., prefix=cache)``) consults the cache only at steps where its plan is not yet
 active, and never while it records a target, so patched outputs never enter the cache.
+
+The cache sits on the denoiser as a named ``ModelHook`` (``PREFIX_HOOK``) with a ``new_forward``: a hit
+returns without running the denoiser, a miss runs the forward below it (the engine's own hooks included).
+It is registered and removed through ``core.hooks.attach_hooks``, like every other textloc hook.
 """
 
 from __future__ import annotations
@@ -19,39 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from diffusers.hooks import ModelHook
+from torch import nn
 
+from textloc.core.hooks import attach_hooks
 from textloc.core.layers import get_denoiser
-from textloc.errors import PlanMismatchError
+from textloc.core.steps import denoising_step, timestep_arg
 
-
-def denoising_step(scheduler: Any, timestep: Any) -> int:
-    """The denoising-loop index of a denoiser call.
-
-    Schedulers that count their own steps (``step_index``: Euler, DPM-Solver, flow matching …) are asked
-    directly; it is ``None`` until their first ``step()``, i.e. during step ``begin_index``. Others (DDIM,
-    PNDM …) are looked up by timestep; FLUX passes ``t / 1000``, so both scales are tried.
-    """
-    if "step_index" in dir(type(scheduler)):
-        index = scheduler.step_index
-        if index is None:
-            index = getattr(scheduler, "begin_index", None) or 0
-        return int(index)
-    timesteps = getattr(scheduler, "timesteps", None)
-    if timesteps is None or len(timesteps) == 0:
-        raise PlanMismatchError("The pipeline has no scheduler timesteps; cannot tell which step runs")
-    t = torch.as_tensor(timestep).flatten()[0].to(torch.float64).cpu()
-    ts = torch.as_tensor(timesteps).to(torch.float64).cpu()
-    best = min((torch.abs(ts * scale - t) for scale in (1.0, 1e-3)), key=lambda d: float(d.min()))
-    return int(torch.argmin(best))
-
-
-def timestep_arg(args: tuple, kwargs: dict) -> Any:
-    """The ``timestep`` a denoiser was called with (keyword or second positional argument)."""
-    if "timestep" in kwargs:
-        return kwargs["timestep"]
-    if len(args) > 1:
-        return args[1]
-    raise PlanMismatchError("The denoiser was called without a timestep; cannot tell which step runs")
+#: The registry name of the prefix-reuse hook on the denoiser.
+PREFIX_HOOK = "textloc.prefix"
 
 
 def _flatten(value: Any) -> list[Any]:
@@ -126,31 +106,30 @@ class PrefixCache:
     def attach(self, pipe: Any, usable: Callable[[int], bool] = lambda step: True) -> Iterator[PrefixCache]:
         """Serve/record ``pipe``'s denoiser calls at steps below ``until_step`` for which ``usable(step)``.
 
-        The denoiser's ``forward`` is wrapped on the instance (module hooks still run around it) and always
-        restored on exit.
+        The hook is registered on the denoiser for the duration of the block and always removed on exit.
         """
         denoiser = get_denoiser(pipe)
-        original = denoiser.forward
-        own = denoiser.__dict__.get("forward")  # e.g. accelerate's offload hook wraps forward on the instance
-        scheduler = pipe.scheduler
-
-        def forward(*args: Any, **kwargs: Any) -> Any:
-            step = denoising_step(scheduler, timestep_arg(args, kwargs))
-            if step >= self.until_step or not usable(step):
-                return original(*args, **kwargs)
-            inputs = _flatten((args, kwargs))
-            hit = self.lookup(step, inputs)
-            if hit is not None:
-                return hit
-            output = original(*args, **kwargs)
-            self.store(step, inputs, output)
-            return output
-
-        denoiser.forward = forward
-        try:
+        with attach_hooks([(denoiser, PREFIX_HOOK, _PrefixHook(self, pipe.scheduler, usable))], root=denoiser):
             yield self
-        finally:
-            if own is None:
-                del denoiser.forward
-            else:
-                denoiser.forward = own
+
+
+class _PrefixHook(ModelHook):
+    """Serves a denoiser call from the cache when its step is cacheable and its inputs were seen before."""
+
+    def __init__(self, cache: PrefixCache, scheduler: Any, usable: Callable[[int], bool]) -> None:
+        super().__init__()
+        self.cache = cache
+        self.scheduler = scheduler
+        self.usable = usable
+
+    def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        step = denoising_step(self.scheduler, timestep_arg(args, kwargs))
+        if step >= self.cache.until_step or not self.usable(step):
+            return self.fn_ref.original_forward(*args, **kwargs)
+        inputs = _flatten((args, kwargs))
+        hit = self.cache.lookup(step, inputs)
+        if hit is not None:
+            return hit
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        self.cache.store(step, inputs, output)
+        return output
