@@ -49,19 +49,33 @@ def load_embedded(directory: str | Path | None = None) -> Any:
     return pipe
 
 
+def load_shipped_folder(name: str, directory: Path) -> Any:
+    """A folder written by one of textloc's own pipelines (``save_pretrained``), through that model's profile."""
+    from textloc.models.profiles import profile_named
+
+    profile = profile_named(name)
+    if profile is None or profile.load is None:
+        raise ModelLoadError(f"{directory} holds a {name} pipeline, but that model is not part of this textloc")
+    return profile.load(directory)
+
+
 def load_pipeline(model: str = "embedded", *, device: str | None = None, dtype: str | None = None) -> Any:
     r"""Load a diffusers pipeline.
 
     Args:
-        model: ``"embedded"``, a local diffusers folder, a hub id, ``"tiny:ARCH"`` or ``"faithful:NAME"``.
+        model: a shipped model (``"embedded"``, ``"embedded-mmdit"``), a local diffusers folder, a hub id,
+            ``"tiny:ARCH"`` or ``"faithful:NAME"``.
         device: ``"cpu"``, ``"cuda"`` …; default CPU.
         dtype: ``"float32"``, ``"float16"``, ``"bfloat16"``; default the checkpoint's.
 
     Raises:
         ModelLoadError: with a one-line reason.
     """
-    if model == "embedded":
-        pipe = load_embedded()
+    from textloc.models.profiles import profile_named
+
+    shipped = profile_named(model) if model and ":" not in model and "/" not in model else None
+    if shipped is not None and shipped.load is not None:
+        pipe = shipped.load()
     elif model.startswith("tiny:"):
         from textloc.models.tiny import TINY_ARCHITECTURES, build_tiny_pipeline
 
@@ -91,9 +105,10 @@ def _load_diffusers(model: str, dtype: torch.dtype | None) -> Any:
     if path.exists():
         if not (path / "model_index.json").exists():
             raise ModelLoadError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
-        if (path / "tokenizer" / "tokenizer.json").exists() and "EmbeddedTextPipeline" in (
-            path / "model_index.json"
-        ).read_text():
+        index = (path / "model_index.json").read_text(errors="replace")
+        if (path / "tokenizer" / "tokenizer.json").exists() and "EmbeddedMMDiTPipeline" in index:
+            return load_shipped_folder("embedded-mmdit", path)
+        if (path / "tokenizer" / "tokenizer.json").exists() and "EmbeddedTextPipeline" in index:
             return load_embedded(path)
         try:
             return DiffusionPipeline.from_pretrained(str(path), **kwargs)

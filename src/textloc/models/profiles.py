@@ -129,6 +129,8 @@ class ModelProfile:
     rendered_text: Callable[[str], list[str]] | None = field(default=None, repr=False)
     #: the model's training objective and data, for localized fine-tuning (see ``apps.finetune``)
     training: TrainingRecipe | None = field(default=None, repr=False)
+    #: ``load(directory=None)`` -> the shipped pipeline (``--model NAME`` for a model textloc ships)
+    load: Callable[..., Any] | None = field(default=None, repr=False)
     #: edit benchmarks of this model's world (``textloc bench edit --benchmark NAME``)
     edit_benchmarks: tuple[str, ...] = ()
     #: ``edit_pairs(benchmark, n, seed)`` -> edit pairs of one of ``edit_benchmarks`` (``n=None``: its default)

@@ -65,9 +65,16 @@ def rendered_text(prompt: str) -> list[str]:
     return rendered_strings(prompt)
 
 
+def _load(directory: Any = None) -> Any:
+    from textloc.models.loading import load_embedded
+
+    return load_embedded(directory)
+
+
 PROFILE = register_profile(
     ModelProfile(
         name="embedded",
+        load=_load,
         matches=_matches,
         render_limits=LIMITS,
         ocr_charset="ABCDEFGHIJKLMNOPQRSTUVWXYZ",
