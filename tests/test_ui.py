@@ -1,40 +1,42 @@
-"""The web app (``textloc ui``), driven in a real headless Chromium through Selenium.
+"""The web app (``textloc ui``) without a browser: CLI edges, what the page says, the model slot, the actions.
 
-The app runs in this process on a free loopback port with the *untrained* embedded pipeline and 4 steps, so
-it is fast and needs no weights; its images are noise-like, so the test checks the plumbing (images, metrics,
-downloads, messages), not text quality. ``TEXTLOC_UI_TEST_MODEL=embedded`` uses the trained model instead
-(e.g. to refresh the screenshot in docs/). Without gradio, selenium, Chromium or its driver the browser tests
-are skipped with the reason shown (``pytest -rs``); they never pass vacuously.
-
-Needs: ``pip install "textloc[ui]"`` (gradio, selenium) and ``apt-get install chromium chromium-driver``.
-The driver is the system one (``/usr/bin/chromedriver`` or ``$CHROMEDRIVER``), so Selenium Manager never
-downloads anything.
+The actions run the *untrained* embedded pipeline at 4 steps (fast, no weights) with a stub OCR reader, so the
+verdict is known in advance; the browser tests are in ``tests/test_ui_browser.py``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import socket
 import sys
-import time
-from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from textloc.errors import InputError
+from textloc.errors import (
+    InputError,
+    ModelLoadError,
+    PlanMismatchError,
+    StepWindowError,
+    TextlocError,
+    UnknownBackendError,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-DOCS_SCREENSHOT = REPO / "docs" / "ui_screenshot.png"
 PROMPT = 'a blue sign with yellow letters that says "CAT"'
 STEPS = 4
-WAIT_S = 40
+
+
+class FixedReader:
+    """A stub OCR reader that reads ``text`` in every image (so an edit's text verdict is known in advance)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def read(self, images: list[Any]) -> list[str]:
+        return [self.text for _ in images]
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Without a browser
+# The command
 
 
 def test_ui_command_without_gradio_fails_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,6 +64,23 @@ def test_ui_command_without_gradio_prints_the_install_line(monkeypatch: pytest.M
     assert 'pip install "textloc[ui]"' in err and len(err.splitlines()) == 1, err
 
 
+def test_importing_the_ui_package_does_not_import_gradio(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``textloc.ui`` (and its public names) import without gradio; only building the app needs it."""
+    import importlib
+
+    for name in [m for m in sys.modules if m == "textloc.ui" or m.startswith("textloc.ui.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    ui = importlib.import_module("textloc.ui")
+    assert callable(ui.build_app) and callable(ui.launch) and callable(ui.display_image)
+    with pytest.raises(InputError, match="pip install"):
+        ui.require_gradio()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# What the page says
+
+
 def test_display_image_upscales_small_images_crisply() -> None:
     from PIL import Image
 
@@ -70,298 +89,211 @@ def test_display_image_upscales_small_images_crisply() -> None:
     small = Image.new("RGB", (64, 24), "red")
     shown = display_image(small)
     assert shown.size == (64 * 6, 24 * 6)
+    assert shown.getpixel((0, 0)) == (255, 0, 0)
     large = Image.new("RGB", (512, 512))
     assert display_image(large) is large
 
 
+@pytest.mark.parametrize("err", [
+    InputError("Expected a prompt, but the prompt is empty"),
+    UnknownBackendError("Unknown OCR backend 'x'; expected one of ['rapidocr']"),
+    StepWindowError("Expected `start_step` < 4, but got 99"),
+    PlanMismatchError("summary.json was made for SD3Transformer2DModel:24:0123, but the model is X"),
+    ModelLoadError("The embedded model's weights are missing"),
+    TextlocError("something else"),
+    RuntimeError("a bug"),
+])
+def test_errors_read_as_plain_language_never_as_class_names(err: BaseException) -> None:
+    """Issue #18: errors showed a raw class name (``InputError:``); the page shows a title and the message."""
+    from textloc.ui.render import UNEXPECTED_TITLE, error_md, error_text
+
+    for shown in (error_md(err), error_text(err)):
+        assert type(err).__name__ not in shown, shown
+        assert "Error" not in shown.replace(str(err), ""), shown
+        assert str(err).split(";")[0].split("`")[0] in shown.replace("\\", "")
+    assert (UNEXPECTED_TITLE in error_md(err)) is (not isinstance(err, TextlocError))
+    if not isinstance(err, TextlocError):
+        assert "server log" in error_text(err)
+
+
+def test_command_line_option_names_become_the_page_control_names() -> None:
+    from textloc.ui.render import for_page
+
+    assert for_page("Expected --steps in 1..1000, but got 0") == "Expected “Steps” in 1..1000, but got 0"
+    assert "“Start step” 3" in for_page("an earlier --start-step 3")
+    assert for_page("see --unknown-flag") == "see --unknown-flag"  # options the page has no control for stay
+
+
+def _verdict(**changes: Any) -> Any:
+    from textloc.apps.edit.verdict import Verdict
+
+    base = dict(target_text="BYE", read="BYE", text_exact=True, background_kept=True, text_colour_kept=True,
+                background_rule="colour", ssim=0.9, start_step=2, num_inference_steps=20, default_layers=True)
+    return Verdict(**{**base, **changes})
+
+
+@pytest.mark.parametrize("changes", [dict(background_kept=False), dict(text_exact=False, read="BVE"),
+                                     dict(text_colour_kept=False)])
+def test_a_missed_edit_shows_a_cross_and_what_to_try_never_a_tick(changes: dict[str, Any]) -> None:
+    """Issue #18: "✓ Edited" stood beside "background kept: no"; a miss is ✗ with the suggestion."""
+    from textloc.ui.render import verdict_md
+
+    verdict = _verdict(**changes)
+    shown = verdict_md(verdict)
+    assert verdict.missed and shown.startswith("✗") and "✓" not in shown
+    assert "Try" in shown and "“Seed”" in shown and "--seed" not in shown
+    for miss in verdict.misses():
+        assert miss.split('"')[0] in shown
+
+
+def test_an_edit_that_worked_shows_a_tick_with_every_judged_part() -> None:
+    from textloc.ui.render import verdict_md
+
+    shown = verdict_md(_verdict())
+    assert shown.startswith("✓") and "✗" not in shown and "background kept" in shown and "Try" not in shown
+    unjudged = verdict_md(_verdict(text_exact=None, read=None, text_colour_kept=None))
+    assert unjudged.startswith("✓") and "not judged" in unjudged and "OCR off" in unjudged
+
+
+def test_layers_are_listed_by_name_with_the_steps_they_fired() -> None:
+    from textloc.ui.render import layers_md
+
+    shown = layers_md(["down.0.attn2", "up.1.attn2"], {"down.0.attn2": [0, 1, 2], "up.1.attn2": []})
+    assert "`down.0.attn2`: patched at 3 step(s)" in shown and "`up.1.attn2`: **never patched**" in shown
+
+
 # ------------------------------------------------------------------------------------------------------------
-# In the browser
+# The model slot: only models that load are offered, one pipeline at a time
 
 
-def _chromium() -> tuple[str, str]:
-    """Paths of the Chromium binary and the system chromedriver, or skip saying what is missing."""
-    binary = os.environ.get("CHROME_BIN") or next(
-        (p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome")) if p),
-        None,
-    )
-    driver = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    if not binary:
-        pytest.skip("Chromium not found (apt-get install chromium chromium-driver, or set CHROME_BIN)")
-    if not Path(driver).exists():
-        pytest.skip(f"chromedriver not found at {driver} (apt-get install chromium-driver, or set CHROMEDRIVER)")
-    return binary, driver
+def test_only_models_that_load_are_offered_and_probes_are_released() -> None:
+    from textloc.ui.state import offered_models
 
+    calls: list[str] = []
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    def loader(name: str, fail: bool = False) -> Any:
+        def load() -> Any:
+            calls.append(name)
+            if fail:
+                raise ModelLoadError(f"{name} has no weights")
+            return object()
+        return load
 
-
-@pytest.fixture(scope="module")
-def server() -> str:
-    """The app on a free loopback port, in a background thread of this process; yields its URL."""
-    pytest.importorskip("gradio", reason='gradio cannot be imported (pip install "textloc[ui]")')
-    pytest.importorskip("selenium", reason='selenium cannot be imported (pip install "textloc[ui]")')
-    _chromium()
-    from textloc.ui import build_app
-
-    model = os.environ.get("TEXTLOC_UI_TEST_MODEL")
-    if model:
-        from textloc.models.loading import load_pipeline
-
-        pipe = load_pipeline(model)
-    else:
-        from textloc.models.embedded.pipeline import build_untrained
-
-        pipe = build_untrained()
-        pipe.set_progress_bar_config(disable=True)
-    # A real model runs at its own default steps (a screenshot worth showing); the untrained one at 4 (speed).
-    label = (Path(model).name if Path(model).is_dir() else model) if model else "embedded (untrained, for the test)"
-    demo = build_app(pipe, model_name=label, steps=None if model else STEPS)
-    port = _free_port()
-    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                        ssr_mode=False)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    offered = offered_models({"current": loader("current"), "other": loader("other"),
+                              "broken": loader("broken", fail=True)}, "current")
+    assert list(offered) == ["current", "other"]
+    assert calls == ["other", "broken"]  # the loaded model is not loaded again; each candidate once
 
 
 @pytest.fixture(scope="module")
-def browser(server: str):
-    """Headless Chromium with the system driver (no Selenium Manager download)."""
-    from selenium import webdriver
-    from selenium.common.exceptions import WebDriverException
-    from selenium.webdriver.chrome.service import Service
+def untrained() -> Any:
+    from textloc.models.embedded.pipeline import build_untrained
 
-    binary, driver_path = _chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1400,1500", "--force-device-scale-factor=1", "--lang=en-US"):
-        options.add_argument(arg)
-    try:
-        driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    except WebDriverException as err:
-        pytest.skip(f"Chromium could not start: {str(err).splitlines()[0]}")
-    driver.set_page_load_timeout(WAIT_S)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    pipe = build_untrained()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
-def _wait(driver, condition, what: str, timeout: float = WAIT_S):
-    from selenium.common.exceptions import TimeoutException
-    from selenium.webdriver.support.ui import WebDriverWait
+def test_selecting_a_model_releases_the_current_one_first(untrained: Any) -> None:
+    from textloc.ui.state import UIState
 
-    try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: condition(d))
-    except TimeoutException:
-        pytest.fail(f"timed out after {timeout}s waiting for {what}; page text:\n{_text(driver, 'body')[:3000]}")
+    seen: list[Any] = []
+    state: UIState
 
+    def second() -> Any:
+        seen.append(state.model.pipe)  # what is still held while the next model loads
+        return untrained
 
-def _find(driver, selector: str):
-    from selenium.webdriver.common.by import By
+    def broken() -> Any:
+        raise ModelLoadError("weights missing")
 
-    return driver.find_element(By.CSS_SELECTOR, selector)
-
-
-def _text(driver, selector: str) -> str:
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-
-    try:
-        return _find(driver, selector).text
-    except (NoSuchElementException, StaleElementReferenceException):
-        return ""
+    state = UIState(untrained, "first", {"first": lambda: untrained, "second": second, "broken": broken}, ocr=None)
+    assert state.select("second").name == "second" and seen == [None]
+    with pytest.raises(ModelLoadError):
+        state.select("broken")
+    assert state.model.name == "second" and state.model.pipe is untrained  # the previous model is back
+    with pytest.raises(InputError, match="Expected a model in"):
+        state.select("not-offered")
 
 
-def _field(driver, elem_id: str):
-    return _find(driver, f"#{elem_id} textarea, #{elem_id} input")
+def test_the_layers_box_offers_the_localized_layers_by_name(untrained: Any) -> None:
+    from textloc.models.presets import choose_layers
+    from textloc.ui.state import LoadedModel
+
+    model = LoadedModel("embedded", untrained)
+    localized = choose_layers(untrained, "preset", full_score=True)
+    choices = dict((value, label) for label, value in model.layer_choices())
+    assert model.preset_layers == localized and model.default_layers() == "preset"
+    assert all(name in choices["preset"] for name in localized)
+    assert all(name in choices for name in localized) or len(localized) == 1
+    assert "all" in choices and str(len(choose_layers(untrained, "all"))) in choices["all"]
 
 
-def _type(driver, elem_id: str, text: str, commit: bool = False) -> None:
-    """Replace a Gradio textbox's content the way a user does (select all, type), so input events fire."""
-    from selenium.webdriver.common.keys import Keys
-
-    box = _field(driver, elem_id)
-    box.click()
-    box.send_keys(Keys.CONTROL, "a")
-    box.send_keys(Keys.DELETE)
-    if text:
-        box.send_keys(text)
-    if commit:
-        box.send_keys(Keys.TAB)  # custom dropdown values are committed on blur
+# ------------------------------------------------------------------------------------------------------------
+# The actions
 
 
-def _image_src(driver, elem_id: str) -> str:
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+@pytest.fixture()
+def state(untrained: Any) -> Any:
+    from textloc.ui.state import UIState
 
-    try:
-        return _find(driver, f"#{elem_id} img").get_attribute("src") or ""
-    except (NoSuchElementException, StaleElementReferenceException):
-        return ""
+    return UIState(untrained, "untrained", {"untrained": lambda: untrained}, ocr=FixedReader("NOPE"))
 
 
-def _downloads(driver, elem_id: str) -> list[str]:
-    """File names offered for download by a ``gr.File`` (the links' targets; its text splits name and suffix)."""
-    from selenium.webdriver.common.by import By
+def test_safe_generation_hands_the_protected_prompt_to_edit(state: Any) -> None:
+    """Issue #18: after safe mode rendered a replacement, Edit must start from it, not from the harmful word."""
+    from textloc.apps.safety.check import check_prompt
+    from textloc.ui import actions
 
-    links = driver.find_elements(By.CSS_SELECTOR, f"#{elem_id} a[href]")
-    return [Path((a.get_attribute("href") or "").split("?")[0]).name for a in links]
-
-
-def _click(driver, elem_id: str) -> None:
-    button = _find(driver, f"#{elem_id}")
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
-    button.click()
-
-
-def _status_changes(driver, selector: str, before: str, needle: str):
-    return lambda d: (lambda t: needle in t and t != before)(_text(d, selector))
+    out = actions.generate(state, 'a sign that says "SHIT"', 0, STEPS, 3.0, True, "all")
+    assert "SHIT" not in out.edit_prompt and out.old_text and out.old_text in out.edit_prompt
+    assert not check_prompt(out.edit_prompt, state.detector, profile=state.model.profile).flagged
+    assert "Protected prompt" in out.safety_md and "safety_report.json" in out.files[-1]
+    # ... and Edit accepts it with safe mode still on (before: refused, a dead end)
+    edited = actions.edit(state, out.edit_prompt, 0, STEPS, 3.0, True, out.old_text, "BYE", "all", None)
+    assert edited.side_by_side.width > 2 * 64
 
 
-def _open(driver, url: str) -> None:
-    driver.get(url)
-    _wait(driver, lambda d: _field(d, "prompt").get_attribute("value"), "the page to load")
+def test_safe_edit_refuses_harmful_new_text(state: Any) -> None:
+    from textloc.ui import actions
+
+    with pytest.raises(InputError, match="Safe mode is on"):
+        actions.edit(state, PROMPT, 0, STEPS, 3.0, True, "CAT", "SHIT", "all", None)
 
 
-def _update_docs_screenshot() -> bool:
-    """Whether this run refreshes docs/ui_screenshot.png.
+def test_a_missed_edit_returns_a_cross_with_the_suggestion_and_every_download(state: Any) -> None:
+    import json
+    from pathlib import Path
 
-    ``TEXTLOC_UI_SCREENSHOT=1``: always; ``=0``: never; unset: when the file is missing or a real model was
-    used (``TEXTLOC_UI_TEST_MODEL``), so routine runs neither dirty the tree nor replace a real screenshot
-    with the untrained model's noise.
-    """
-    choice = os.environ.get("TEXTLOC_UI_SCREENSHOT")
-    if choice in ("0", "1"):
-        return choice == "1"
-    return not DOCS_SCREENSHOT.exists() or bool(os.environ.get("TEXTLOC_UI_TEST_MODEL"))
+    from textloc.ui import actions
 
-
-def _screenshot(driver, tmp_path: Path) -> Path:
-    """Full-page PNG into tmp_path and, when ``_update_docs_screenshot()``, docs/ui_screenshot.png."""
-    for _ in range(3):  # the window's outer height includes some chrome: grow until the page fits the viewport
-        page, inner = driver.execute_script(
-            "return [document.documentElement.scrollHeight, window.innerHeight]")
-        if inner >= page or page > 4000:
-            break
-        driver.set_window_size(1400, driver.get_window_size()["height"] + page - inner + 20)
-    driver.execute_script("window.scrollTo(0, 0)")
-    time.sleep(0.5)
-    png = driver.get_screenshot_as_png()
-    shot = tmp_path / "ui_screenshot.png"
-    shot.write_bytes(png)
-    if _update_docs_screenshot():
-        DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        tmp = DOCS_SCREENSHOT.with_name(".ui_screenshot.png.tmp")
-        tmp.write_bytes(png)
-        os.replace(tmp, DOCS_SCREENSHOT)
-    return shot
+    out = actions.edit(state, PROMPT, 0, STEPS, 3.0, False, "CAT", "DOG", "preset", None)
+    assert out.missed and out.status_md.startswith("✗") and "✓" not in out.status_md  # the stub reads NOPE
+    assert "Try" in out.status_md
+    names = [Path(f).name for f in out.files]
+    assert names == ["source.png", "edited.png", "side_by_side.png", "plan.json", "metrics.json"]
+    assert out.side_by_side_file == out.files[2]
+    metrics = json.loads(Path(out.files[-1]).read_text())
+    assert metrics["verdict"]["missed"] is True and metrics["verdict"]["read"] == "NOPE"
+    for layer in metrics["layers"]:  # layers shown by name
+        assert layer in out.metrics_md
 
 
-def test_generate_then_edit_in_the_browser(browser, server: str, tmp_path: Path) -> None:
-    """A user's path: prompt -> Generate -> new text -> Edit; two images, metrics and downloads appear."""
-    _open(browser, server)
-    _type(browser, "prompt", PROMPT)
-    _wait(browser, lambda d: _field(d, "old-text").get_attribute("value") == "CAT",
-          "the quoted text to be pre-filled as the text to replace")
+def test_bad_settings_are_refused_before_the_model_runs(state: Any) -> None:
+    from textloc.ui import actions
 
-    _click(browser, "generate-btn")
-    _wait(browser, lambda d: _image_src(d, "generated-image"), "the generated image")
-    _wait(browser, lambda d: "Generated in" in _text(d, "#generate-status"), "the generate status")
-    assert "generated.png" in _downloads(browser, "generated-files")
-
-    _type(browser, "new-text", "DOG")
-    _click(browser, "edit-btn")
-    _wait(browser, lambda d: _image_src(d, "source-image") and _image_src(d, "edited-image"), "both edit images")
-    _wait(browser, lambda d: "PSNR" in _text(d, "#metrics"), "the edit metrics")
-    metrics = _text(browser, "#metrics")
-    for needle in ("OCR reads", "SSIM", "MSE", "Seconds", "CAT", "DOG"):
-        assert needle in metrics, f"{needle!r} missing from the metrics:\n{metrics}"
-    _wait(browser, lambda d: len(_downloads(d, "edit-files")) == 4, "the four edit downloads")
-    files = _downloads(browser, "edit-files")
-    for name in ("source.png", "edited.png", "plan.json", "metrics.json"):
-        assert name in files, f"{name} missing from the downloads:\n{files}"
-    assert "Edited" in _text(browser, "#edit-status")
-
-    # The images are shown upscaled (24x64 renders would be unreadable otherwise).
-    width = browser.execute_script("return document.querySelector('#edited-image img').naturalWidth")
-    assert width >= 64 * 4
-
-    # The plan offered for download is the plan that ran, readable by PatchPlan.
-    link = _find(browser, "#edit-files a[href*='plan.json']").get_attribute("href")
-    import urllib.request
-
-    from textloc.core.plan import PatchPlan
-
-    with urllib.request.urlopen(link, timeout=10) as response:  # noqa: S310 -- loopback URL from the page
-        (tmp_path / "plan.json").write_bytes(response.read())
-    plan = PatchPlan.from_json(tmp_path / "plan.json")
-    assert plan.target_prompt == PROMPT.replace('"CAT"', '"DOG"') and plan.layers
-
-    shot = _screenshot(browser, tmp_path)
-    assert shot.stat().st_size > 10_000
+    with pytest.raises(InputError, match="prompt is empty"):
+        actions.generate(state, "  ", 0, STEPS, 3.0, False, "all")
+    with pytest.raises(InputError, match="whole number for the seed"):
+        actions.generate(state, PROMPT, 1.5, STEPS, 3.0, False, "all")
+    with pytest.raises(InputError, match="guidance scale"):
+        actions.generate(state, PROMPT, 0, STEPS, float("nan"), False, "all")
+    with pytest.raises(InputError, match="quoted texts"):
+        actions.edit(state, PROMPT, 0, STEPS, 3.0, False, "DOG", "BYE", "all", None)
 
 
-def test_bad_input_shows_a_message_and_the_server_keeps_running(browser, server: str, tmp_path: Path) -> None:
-    """Empty prompt, no quoted text, too-long text and another model's layer file: messages, not crashes."""
-    _open(browser, server)
+def test_random_seeds_are_valid_and_vary() -> None:
+    from textloc.ui.actions import RANDOM_SEED_MAX, random_seed
 
-    _type(browser, "prompt", "")
-    before = _text(browser, "#generate-status")
-    _click(browser, "generate-btn")
-    _wait(browser, _status_changes(browser, "#generate-status", before, "prompt is empty"), "the empty-prompt message")
-
-    _type(browser, "prompt", "a red sign without quotes")
-    _type(browser, "new-text", "DOG")
-    _click(browser, "edit-btn")
-    _wait(browser, _status_changes(browser, "#edit-status", "", "double quotes"), "the no-quoted-text message")
-
-    _type(browser, "prompt", PROMPT)
-    _wait(browser, lambda d: _field(d, "old-text").get_attribute("value") == "CAT", "the pre-filled text")
-    _type(browser, "new-text", "ELEPHANT")
-    before = _text(browser, "#edit-status")
-    _click(browser, "edit-btn")
-    _wait(browser, _status_changes(browser, "#edit-status", before, "at most"), "the too-long message")
-
-    _type(browser, "new-text", "DOG")
-    _type(browser, "start-step", "99")
-    before = _text(browser, "#edit-status")
-    _click(browser, "edit-btn")
-    _wait(browser, _status_changes(browser, "#edit-status", before, "StepWindowError"), "the start-step message")
-    _type(browser, "start-step", "0")
-
-    other = tmp_path / "summary.json"
-    other.write_text(json.dumps({"chosen_layers": ["transformer_blocks.10.attn"],
-                                 "model_fingerprint": "SD3Transformer2DModel:24:0123456789ab"}))
-    _type(browser, "new-text", "DOG")
-    _type(browser, "layers", str(other), commit=True)
-    before = _text(browser, "#edit-status")
-    _click(browser, "edit-btn")
-    _wait(browser, _status_changes(browser, "#edit-status", before, "was made for"), "the wrong-model message")
-    assert "PlanMismatchError" in _text(browser, "#edit-status")
-
-    # Still serving: a valid edit after all the errors works.
-    _type(browser, "layers", "all", commit=True)
-    _click(browser, "edit-btn")
-    _wait(browser, lambda d: "Edited" in _text(d, "#edit-status"), "a valid edit after the errors")
-    assert _image_src(browser, "edited-image")
-    browser.save_screenshot(str(tmp_path / "after_errors.png"))
-
-
-def test_safe_mode_reports_what_it_replaced(browser, server: str, tmp_path: Path) -> None:
-    """Safe mode on + a harmful word: the page says what was detected and what replaced it."""
-    _open(browser, server)
-    _type(browser, "prompt", 'a red sign with white letters that says "SHIT"')
-    checkbox = _find(browser, "#safe-mode input[type=checkbox]")
-    if not checkbox.is_selected():
-        checkbox.click()
-    _type(browser, "layers", "all", commit=True)
-    _click(browser, "generate-btn")
-    _wait(browser, lambda d: "Safe mode" in _text(d, "#safety-report"), "the safety report")
-    report = _text(browser, "#safety-report")
-    assert "SHIT" in report and "→" in report, report
-    _wait(browser, lambda d: "safety_report.json" in _downloads(d, "generated-files"), "the safety report download")
-    browser.save_screenshot(str(tmp_path / "safe_mode.png"))
+    seeds = {random_seed() for _ in range(20)}
+    assert all(0 <= s <= RANDOM_SEED_MAX for s in seeds) and len(seeds) > 1
