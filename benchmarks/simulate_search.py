@@ -24,13 +24,16 @@ def main() -> None:
     args = parser.parse_args()
     rule = AdaptiveRule(delta=args.delta, race_top=args.race_top)
     print(f"Simulated layer search: {args.pairs} pairs, {args.seeds} seeds, rule {rule}\n")
-    print("| profile | layers | same chosen set | same full-score set | generations (mean share) | max share |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for profile in PROFILES:
-        r = simulate(profile, args.pairs, args.seeds, rule)
-        print(f"| {profile.name} ({profile.note}) | {r['layers']} | {100 * r['same_chosen']:.1f} % | "
-              f"{100 * r['same_full_score']:.1f} % | {100 * r['generations_share_mean']:.1f} % | "
-              f"{100 * r['generations_share_max']:.1f} % |", flush=True)
+    print("| profile | layers | curve until | same chosen set | same full-score set | generations (mean share) "
+          "| max share |")
+    print("|---|---:|---|---:|---:|---:|---:|")
+    for until in ("chosen", "full"):
+        for profile in PROFILES:
+            r = simulate(profile, args.pairs, args.seeds, rule, until=until)
+            full = "–" if r["same_full_score"] is None else f"{100 * r['same_full_score']:.1f} %"
+            print(f"| {profile.name} ({profile.note}) | {r['layers']} | {until} | {100 * r['same_chosen']:.1f} % | "
+                  f"{full} | {100 * r['generations_share_mean']:.1f} % | {100 * r['generations_share_max']:.1f} % |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,13 @@ Almost every layer scores 0 on the first few pairs and never recovers. The adapt
    Dropped layers keep the rate measured on the pairs they saw; active layers end with all ``P`` pairs, so they
    are scored exactly as in the exhaustive sweep.
 3. **Curve.** Layers are ranked as the sweep ranks them (exact rate, then F1, then execution order), and only the
-   candidate top-k sets are evaluated, in increasing k, until one reaches the all-layers score. The chosen set
-   (``fraction`` of the all-layers score) and the full-score set (editing's set) are both decided by then.
+   candidate top-k sets are evaluated, in increasing k, until one reaches ``fraction`` of the all-layers score
+   (``until="chosen"``, the default: the chosen set is then decided) or the all-layers score itself
+   (``until="full"``: the full-score set, which editing uses, is decided too).
 
-**Error probability.** Each interval is two-sided at level ``delta / (2 L R)`` (``R`` rounds), so by the union
-bound the probability that *any* interval of the run misses its layer's true rate is at most ``delta``. When no
+**Error probability.** The rule uses one side of each interval (a dropped layer's upper bound, the best layer's
+lower bound), each at level ``delta / (2 L R)`` (``R`` rounds), so by the union bound the probability that
+*any* bound of the run misses its layer's true rate is at most ``delta``. When no
 interval misses, no layer that could rank within the top ``race_top`` (or first, in the one-layer case) is
 dropped, so the ranked top of the list is scored on all ``P`` pairs exactly as the exhaustive sweep scores it.
 The remaining way to disagree with the exhaustive sweep is a chosen set deeper than ``race_top`` layers, whose
@@ -91,7 +93,7 @@ class AdaptiveRule:
     def keep(self, stats: Mapping[str, tuple[float, int]], all_stat: tuple[float, int], *, n_layers: int,
              n_pairs: int, fraction: float) -> list[str]:
         """The layers (keys of ``stats``: successes, pairs seen) that race on."""
-        alpha = self.interval_alpha(n_layers, n_pairs)
+        alpha = 2 * self.interval_alpha(n_layers, n_pairs)  # two-sided at 2a = each side at a (one side is used)
         bounds = {name: clopper_pearson(s, n, alpha) for name, (s, n) in stats.items()}
         if not bounds:
             return []
@@ -168,7 +170,7 @@ def select(curve: Sequence[dict[str, Any]], all_score: float, fraction: float, n
 
 
 def adaptive_search(layers: Sequence[str], n_pairs: int, evaluate: Evaluate, *, rule: AdaptiveRule | None = None,
-                    fraction: float = 0.9, ks: Sequence[int] | None = None,
+                    fraction: float = 0.9, ks: Sequence[int] | None = None, until: str = "chosen",
                     progress: Callable[[str], None] | None = None) -> SearchResult:
     """Race ``layers`` over ``n_pairs`` pairs (see the module docstring); ``evaluate`` runs and scores variants.
 
@@ -176,6 +178,8 @@ def adaptive_search(layers: Sequence[str], n_pairs: int, evaluate: Evaluate, *, 
     from its records when they exist (resume), so replaying the search over finished records makes no
     generation and reaches the same decisions.
     """
+    if until not in ("chosen", "full"):
+        raise InputError(f"Expected until in chosen, full, but got {until!r}")
     rule = rule or AdaptiveRule()
     layers = list(layers)
     n_layers = len(layers)
@@ -221,9 +225,11 @@ def adaptive_search(layers: Sequence[str], n_pairs: int, evaluate: Evaluate, *, 
             values = list(evaluate([(variant, top)], list(range(n_pairs)))[variant])
             generations += n_pairs
         curve.append({"k": k, "variant": variant, "exact": _mean_exact(values), "layers": top})
-        if k > 0 and curve[-1]["exact"] >= all_score:
+        if k > 0 and curve[-1]["exact"] >= (all_score if until == "full" else fraction * all_score):
             break
     chosen, full = select(curve, all_score, fraction, n_layers, ranking)
+    if until == "chosen" and not (curve[-1]["exact"] >= all_score):
+        full = []  # not decided: the curve stopped at the chosen set
     return SearchResult(
         ranking=ranking, curve=curve, chosen=chosen, full_score=full, all_score=all_score,
         generations=generations, generations_exhaustive=exhaustive_generations(n_layers, n_pairs, ks),

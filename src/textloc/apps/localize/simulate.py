@@ -71,7 +71,7 @@ def _evaluator(outcomes: np.ndarray, names: Sequence[str]):
 
 
 def simulate(profile: Profile, n_pairs: int, seeds: int, rule: AdaptiveRule | None = None,
-             fraction: float = 0.9) -> dict[str, float]:
+             fraction: float = 0.9, until: str = "chosen") -> dict[str, float]:
     """Run both searches on ``seeds`` independent draws; agreement and cost of the adaptive one."""
     rule = rule or AdaptiveRule()
     names = [f"L{i:02d}" for i in range(profile.n_layers)]
@@ -83,14 +83,15 @@ def simulate(profile: Profile, n_pairs: int, seeds: int, rule: AdaptiveRule | No
         outcomes = rng.random((n_pairs, profile.n_layers)) < p
         evaluate = _evaluator(outcomes, names)
         ref = exhaustive_search(names, n_pairs, evaluate, fraction=fraction)
-        ada = adaptive_search(names, n_pairs, evaluate, rule=rule, fraction=fraction)
+        ada = adaptive_search(names, n_pairs, evaluate, rule=rule, fraction=fraction, until=until)
         same_chosen += ref.chosen == ada.chosen
-        same_full += ref.full_score == ada.full_score
+        same_full += ref.full_score == ada.full_score if until == "full" else 0
         shares.append(ada.generations / ref.generations)
         dropped_strong += any(name in ada.dropped_after for name in ref.chosen)
     return {
         "profile": profile.name, "layers": profile.n_layers, "pairs": n_pairs, "seeds": seeds,
-        "same_chosen": same_chosen / seeds, "same_full_score": same_full / seeds,
+        "until": until, "same_chosen": same_chosen / seeds,
+        "same_full_score": same_full / seeds if until == "full" else None,
         "generations_share_mean": float(np.mean(shares)), "generations_share_max": float(np.max(shares)),
         "chosen_layer_dropped": dropped_strong / seeds,
     }
