@@ -1,10 +1,6 @@
-"""Text editing: the edit, its defaults and errors, the verdict and exit codes, the output folder, source reuse,
-start-step tuning and the benchmark harness.
-
-The untrained embedded model renders no legible text, so the tests use a stub OCR reader (or none) and, where
-a verdict depends on colours, stubbed colour readers; they check the editing plumbing and invariants, not text
-quality.
-"""
+"""Text editing: the edit, its errors, the verdict and exit codes, the output folder, source reuse, tuning and
+the benchmark. The untrained embedded model renders no legible text, so OCR and colour readers are stubbed: the
+tests check the editing plumbing and invariants, not text quality."""
 
 from __future__ import annotations
 
@@ -36,7 +32,7 @@ from textloc.cli.app import app, main
 from textloc.core.engine import generate
 from textloc.core.layers import list_text_layers
 from textloc.core.plan import PatchPlan
-from textloc.errors import InputError, PlanMismatchError, UnknownLayerError
+from textloc.errors import InputError, PlanMismatchError, StepWindowError, UnknownLayerError
 from textloc.models import presets
 from textloc.models.embedded import benchpairs, readers
 from textloc.models.embedded.pipeline import build_untrained
@@ -50,8 +46,6 @@ runner = CliRunner()
 
 class StubOCR:
     """Reads a fixed string from every image (no model, instant)."""
-
-    name = "stub"
 
     def __init__(self, text: str = "CAT") -> None:
         self.text = text
@@ -82,10 +76,9 @@ def cli_model(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr("textloc.models.loading.load_pipeline", lambda _model: pipe)
     reader = StubOCR("DOG")
     monkeypatch.setattr(ModelProfile, "reader", lambda self, ocr="rapidocr": reader)
-    colours = {"background": "red", "text": "white"}
-    monkeypatch.setattr(readers, "background_colour", lambda image: colours["background"])
-    monkeypatch.setattr(readers, "text_colour", lambda image, background=None: colours["text"])
-    pipe.stub_reader, pipe.stub_colours = reader, colours
+    monkeypatch.setattr(readers, "background_colour", lambda image: "red")
+    monkeypatch.setattr(readers, "text_colour", lambda image, background=None: "white")
+    pipe.stub_reader = reader
     return pipe
 
 
@@ -209,17 +202,14 @@ def _verdict(**changes) -> Verdict:
 
 def test_verdict_says_what_missed_and_what_to_try() -> None:
     ok = _verdict()
-    assert not ok.missed and ok.line().startswith("verdict: ok") and ok.miss_message() is None
-    assert ok.suggestions() == []
+    assert not ok.missed and ok.line().startswith("verdict: ok") and ok.miss_message() is None and not ok.suggestions()
     misread = _verdict(read="BYF", text_exact=False)
     assert misread.missed and 'read as "BYF", not "BYE"' in misread.miss_message()
-    assert any("--seed" in s for s in misread.suggestions())
-    assert any("earlier --start-step 0" in s for s in misread.suggestions())
-    assert not any("--layers" in s for s in misread.suggestions())  # already the full-score set
+    tips = " | ".join(misread.suggestions())
+    assert "--seed" in tips and "earlier --start-step 0" in tips and "--layers" not in tips  # full-score set in use
     moved = _verdict(background_kept=False, default_layers=False)
     assert moved.missed and "background changed" in moved.miss_message()
-    assert any("later --start-step 2" in s for s in moved.suggestions())
-    assert any("--layers preset" in s for s in moved.suggestions())
+    assert "later --start-step 2" in " | ".join(moved.suggestions()) and "--layers preset" in moved.miss_message()
     assert _verdict(text_colour_kept=False).missed
     # what cannot be judged is said, and is not a miss
     unjudged = _verdict(read=None, text_exact=None, text_colour_kept=None)
@@ -266,11 +256,7 @@ def test_cli_edit_miss_exits_3_with_advice_unless_allowed(cli_model, tmp_path: P
     assert json.loads((out / "metrics.json").read_text())["verdict"]["missed"] is True
     allowed = runner.invoke(app, _edit_args(tmp_path / "allowed", "--allow-miss"))
     assert allowed.exit_code == 0 and "verdict: MISSED" in allowed.output
-
-
-def test_cli_edit_help_documents_the_exit_codes() -> None:
-    result = runner.invoke(app, ["edit", "--help"])
-    assert result.exit_code == 0 and "3 the edit missed" in " ".join(result.output.split())
+    assert "3 the edit missed" in " ".join(runner.invoke(app, ["edit", "--help"]).output.split())  # documented
 
 
 @pytest.mark.parametrize(
@@ -361,20 +347,12 @@ def test_cli_source_dir_reuses_the_source_and_checks_its_settings(cli_model, tmp
 # Tuning
 
 
-def test_tune_start_step_picks_a_candidate_and_resumes() -> None:
-    pipe = build_untrained()
-    pipe.set_progress_bar_config(disable=True)
-    calls = _count_denoiser_calls(pipe)
-    pairs = bench_pairs("embedded", 2, seed=5)
+def test_tune_start_step_picks_a_candidate() -> None:
     rows = []
-    result = tune_start_step(pipe, pairs, LAYERS, [0, 2], ocr=StubOCR(), num_inference_steps=3, progress=False,
-                             on_row=rows.append)
+    result = tune_start_step(embedded(), bench_pairs("embedded", 2, seed=5), LAYERS, [0, 2], ocr=StubOCR(),
+                             num_inference_steps=3, progress=False, on_row=rows.append)
     assert [row["start_step"] for row in result.rows] == [0, 2] and rows == result.rows
     assert result.best in (0, 2) and all(row["exact"] == 0.0 for row in result.rows)
-    calls[0] = 0
-    resumed = tune_start_step(pipe, pairs, LAYERS, [0, 2], ocr=StubOCR(), num_inference_steps=3, progress=False,
-                              done={r["start_step"]: r for r in rows})
-    assert calls[0] == 0 and resumed.rows == result.rows and resumed.best == result.best
 
 
 def test_cli_edit_tune_run_folder_resumes(cli_model, tmp_path: Path) -> None:
@@ -385,7 +363,9 @@ def test_cli_edit_tune_run_folder_resumes(cli_model, tmp_path: Path) -> None:
     tune = json.loads((tmp_path / "tune" / "tune.json").read_text())
     assert [r["start_step"] for r in tune["rows"]] == [0, 2]
     cli_model.calls[0] = 0
-    assert runner.invoke(app, args).exit_code == 0 and cli_model.calls[0] == 0  # nothing rerun
+    again = runner.invoke(app, args)  # resumed from the run folder: no candidate is run again
+    assert again.exit_code == 0 and cli_model.calls[0] == 0
+    assert json.loads((tmp_path / "tune" / "tune.json").read_text()) == tune  # the same rows and choice
     changed = runner.invoke(app, [*args[:-2], "--seed", "9", "--out", str(tmp_path / "tune")])
     assert changed.exit_code != 0 and "config.seed" in str(changed.exception)
 
@@ -425,25 +405,25 @@ def test_bench_resumes_and_extends(tmp_path: Path) -> None:
     names = [list_text_layers(pipe)[i].name for i in LAYERS]
     config = BenchConfig(model="untrained", benchmark="embedded", layers=names, start_step=1, steps=3)
     pairs = bench_pairs("embedded", 2, seed=0)
-    run_edit_bench(pipe, pairs[:1], config, tmp_path, methods=["ours", "prompt-swap"], ocr_backend=StubOCR(),
-                   progress=False)
+
+    def bench(pairs, config, out=tmp_path, methods=("ours", "prompt-swap")):
+        return run_edit_bench(pipe, pairs, config, out, methods=list(methods), ocr_backend=StubOCR(), progress=False)
+
+    bench(pairs[:1], config)
     first = calls[0]
     assert first > 0
-    summary = run_edit_bench(pipe, pairs, config, tmp_path, methods=["ours", "prompt-swap"], ocr_backend=StubOCR(),
-                             progress=False)
+    summary = bench(pairs, config)
     assert calls[0] - first < 2 * first  # only the new pair ran
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
     assert len(lines) == 4 and summary["methods"]["ours"]["n"] == 2
     calls[0] = 0
-    run_edit_bench(pipe, pairs, config, tmp_path, methods=["ours", "prompt-swap"], ocr_backend=StubOCR(),
-                   progress=False)
+    bench(pairs, config)
     assert calls[0] == 0 and (tmp_path / "results.jsonl").read_text().splitlines() == lines
-    changed = BenchConfig(model="untrained", benchmark="embedded", layers=names, start_step=2, steps=3)
-    with pytest.raises(InputError, match="start_step"):
-        run_edit_bench(pipe, pairs, changed, tmp_path, methods=["ours"], ocr_backend=StubOCR(), progress=False)
-    bad = BenchConfig(model="untrained", benchmark="embedded", layers=names, start_step=5, steps=3)
-    with pytest.raises(Exception, match="step"):  # validated before the run folder is touched
-        run_edit_bench(pipe, pairs, bad, tmp_path / "new", methods=["ours"], ocr_backend=StubOCR(), progress=False)
+    with pytest.raises(InputError, match="config.start_step"):
+        bench(pairs, BenchConfig(model="untrained", benchmark="embedded", layers=names, start_step=2, steps=3))
+    with pytest.raises(StepWindowError):  # validated before the run folder is created
+        bench(pairs, BenchConfig(model="untrained", benchmark="embedded", layers=names, start_step=5, steps=3),
+              out=tmp_path / "new")
     assert not (tmp_path / "new").exists()
 
 
