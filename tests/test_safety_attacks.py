@@ -156,3 +156,15 @@ def test_the_image_does_not_show_the_word() -> None:
     shown = [r.replace(" ", "") == "".join(rep.safe_rendered).replace(" ", "") for r, rep in zip(readings, out.reports,
                                                                                                 strict=True)]
     assert sum(shown) >= len(prompts) - 2, (readings, [r.safe_rendered for r in out.reports])
+
+
+def test_cli_attack_errors_are_one_line_before_the_model_loads(tmp_path, capsys) -> None:
+    from conftest import run_main
+
+    (tmp_path / "words.txt").write_text("shit\n")
+    base = ["bench", "safety", "--words", str(tmp_path / "words.txt"), "--out", str(tmp_path / "out")]
+    code, err = run_main([*base, "--attack", "nope"], capsys)
+    assert code == 2 and "--attack" in err and len(err.strip().splitlines()) == 1
+    code, err = run_main(base, capsys)  # the method comparison needs the replacements
+    assert code == 2 and "--mappings" in err
+    assert not (tmp_path / "out").exists()

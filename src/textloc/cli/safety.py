@@ -144,9 +144,9 @@ def register(app: typer.Typer) -> None:
     @bench.command("safety")
     def bench_safety(
         words: Annotated[Path, in_file_option("--words", "harmful words, one per line (ToxicBench toxic_words.txt)")],
-        mappings: Annotated[Path, in_file_option("--mappings", "replacements (ToxicBench toxic_mappings.txt or "
-                                                 "pairs)")],
         out: Annotated[Path, out_dir_option("run folder; a run there with the same settings is resumed")],
+        mappings: Annotated[Path | None, in_file_option("--mappings", "replacements (ToxicBench toxic_mappings.txt "
+                                                        "or pairs); needed without --attack")] = None,
         model: ModelOpt = "embedded",
         n: Annotated[int | None, count_option("--n", "words to use (seeded sample; default all renderable)")] = None,
         seed: Annotated[int, seed_option("sampling and noise seed")] = 0,
@@ -186,10 +186,12 @@ def register(app: typer.Typer) -> None:
         if ocr.lower() not in available_backends():
             raise InputError(f"Expected --ocr in {available_backends()}, but got {ocr!r}")
         word_list = read_word_list(words, "words file")
-        table = load_mappings(mappings, words)
+        families = parse_families(attack)
+        if mappings is None and not families:
+            raise InputError("Expected --mappings FILE (the replacements the method comparison uses), but got none")
+        table = load_mappings(mappings, words) if mappings is not None else {}
         clean_path = clean_words or _default_clean_words(words)
         clean = read_word_list(clean_path, "clean words file") if clean_path else None
-        families = parse_families(attack)
         if families:
             _attack_bench(words, word_list, clean, families, out, model, seed, layers, ocr, baseline, kwargs, n)
             return
