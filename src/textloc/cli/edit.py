@@ -188,10 +188,12 @@ def register(app: typer.Typer) -> None:
             table.add_row(key, _fmt(m.get(key)))
         table.add_row("seconds (edit)", f"{result.seconds:.2f}")
         console.print(table)
-        console.print(f"wrote {out}/source.png, edited.png, side_by_side.png, plan.json, metrics.json", markup=False)
-        console.print(verdict.line(), markup=False)
+        # one line each (never wrapped), so a script can grep the verdict
+        console.print(f"wrote {out}/source.png, edited.png, side_by_side.png, plan.json, metrics.json", markup=False,
+                      soft_wrap=True)
+        console.print(verdict.line(), markup=False, soft_wrap=True)
         if verdict.missed:
-            console.print(verdict.miss_message(), markup=False)
+            console.print(verdict.miss_message(), markup=False, soft_wrap=True)
             if not allow_miss:
                 raise typer.Exit(code=MISS_EXIT_CODE)
 
