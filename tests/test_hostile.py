@@ -106,7 +106,8 @@ MATCH = {
     "train-embedded-config-array": "training config JSON", "train-embedded-config-unknown-keys": "no_such_key",
     "train-embedded-out-is-a-file": "is a file",
     "eval-embedded-n-0": "'--n'", "eval-embedded-steps-0": "'--steps'", "eval-embedded-seed-negative": "'--seed'",
-    "eval-embedded-ocr-bogus": "'--ocr'", "eval-embedded-out-is-a-file": "is a file",
+    "eval-embedded-ocr-bogus": "'--ocr'",
+    "eval-embedded-not-an-embedded-model": "generic profile", "eval-embedded-out-is-a-file": "is a file",
     "ui-port-0": "'--port'", "ui-port-70000": "'--port'", "ui-ocr-bogus": "'--ocr'",
 }
 
@@ -253,6 +254,7 @@ CASES = [
     case("eval-embedded-steps-0", [*EV, "--steps", "0"]),
     case("eval-embedded-seed-negative", [*EV, "--seed", "-3"]),
     case("eval-embedded-ocr-bogus", [*EV, "--ocr", "bogus"]),
+    case("eval-embedded-not-an-embedded-model", [*EV, *TINY_MODEL, "--n", "1", "--steps", "2"], kind="line"),
     case("eval-embedded-out-is-a-file", ["eval-embedded", "--out", "{in}/a_file"], kind="line"),
     # -- ui ------------------------------------------------------------------------------------------------
     case("ui-port-0", ["ui", "--port", "0"]),

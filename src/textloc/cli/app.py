@@ -238,9 +238,14 @@ def eval_embedded(
     """Measure the embedded model: word accuracy, CER, background/text colour accuracy."""
     from textloc.models.embedded.evaluate import evaluate
     from textloc.models.loading import load_pipeline
+    from textloc.models.profiles import profile_for
 
     pipe = load_pipeline(model)
     check_for_model(pipe, steps=steps)
+    profile = profile_for(pipe)
+    if profile.rendered_text is None or profile.colours is None:  # the metrics read what only those models say
+        raise InputError(f"Expected a shipped text-rendering model (embedded), but {model} has the {profile.name} "
+                         "profile: no known rendered text or colours to measure")
     results = evaluate(pipe, n=n, seed=seed, out=out, steps=steps, ocr=ocr)
     table = Table(title=f"eval-embedded (n={n} per group, seed={seed})")
     table.add_column("metric")
