@@ -65,6 +65,16 @@ def _check_steps(steps: int | None) -> None:
         raise InputError(f"Expected --steps >= 1, but got {steps}")
 
 
+def _tune_inputs(prompts: str) -> dict[str, Path]:
+    """The prompt files whose *content* an edit-tune run depends on (none for a model's own pair source)."""
+    from textloc.apps.edit.pairs import glyph_files
+    from textloc.data.pairs import BENCHMARKS
+
+    if prompts in BENCHMARKS:
+        return {f"prompts/{i:02d}-{f.name}": f for i, f in enumerate(glyph_files(prompts, "validation"))}
+    return {"prompts": Path(prompts)} if Path(prompts).is_file() else {}
+
+
 class _EditProgress:
     """A rich progress display of the source and edit runs (on stderr, only on a terminal)."""
 
@@ -245,7 +255,7 @@ def register(app: typer.Typer) -> None:
             raise InputError(f"Expected --candidates in 0..{n_steps - 1}, but got {candidates!r}")
         config = {"model": model, "model_fingerprint": model_fingerprint(pipe), "layers": names, "prompts": prompts,
                   "n_pairs": n_pairs, "seed": seed, "num_inference_steps": n_steps, "guidance": guidance, "ocr": ocr}
-        inputs = {"prompts": Path(prompts)} if Path(prompts).is_file() else {}
+        inputs = _tune_inputs(prompts)
         console = Console()
         with RunFolder(out, command="edit-tune", config=config, inputs=inputs) as run:
             done = {int(r["start_step"]): r for r in run.records()}
