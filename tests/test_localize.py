@@ -48,9 +48,46 @@ STUB = textwrap.dedent(
             return out
 
         return reader
+
+
+    def install_truth_reader(strong, weak):
+        """A reader that knows which layers made each image: the target is read when the image patched
+        ``strong`` (90 % of pairs) or ``weak`` (25 %), or is the target's own generation. Pairs are picked by a
+        hash, so every run agrees. It lets the adaptive search meet a known answer on a tiny random model."""
+        import hashlib
+        from textloc.apps.localize.sweep import Localizer
+
+        made = {}
+        generate = Localizer._generate_batch
+
+        def tagged(self, variants, pairs):
+            images = generate(self, variants, pairs)
+            layers = dict(variants)
+            for (variant, key), image in images.items():
+                made[id(image)] = (variant, layers[variant])
+            return images
+
+        def hit(layer, pair, rate):
+            digest = hashlib.sha1(f"{layer}|{pair.key}".encode()).digest()
+            return digest[0] < 256 * rate
+
+        def reader(images, pairs):
+            out = []
+            for image, pair in zip(images, pairs):
+                variant, layers = made[id(image)]
+                ok = variant == "target" or (strong in layers and hit(strong, pair, 0.9)) or (
+                    weak in layers and hit(weak, pair, 0.25))
+                out.append(pair.target_value if ok else pair.source_value)
+            return out
+
+        Localizer._generate_batch = tagged
+        return reader
     '''
 )
 PROMPTS = [f'a sign that says "{w}"' for w in ("cat", "dog", "open", "stop", "exit", "sale")]
+PROMPTS12 = PROMPTS + [f'a sign that says "{w}"' for w in ("bar", "inn", "shop", "taxi", "bus", "park")]
+#: Four tiny-sd15 layers for the adaptive tests: the truth reader makes index 2 strong and index 0 weak.
+TRUTH = dict(n_pairs=12, steps=2, chunk_size=4, batch_size=8, delta=0.5, first_round=2, growth=2.0)
 
 
 def _stub_module(tmp_path: Path) -> Path:
@@ -73,7 +110,7 @@ def _run(tmp_path: Path, out: Path | None, **config):
 
 
 def test_localize_on_tiny_pipeline_writes_everything(tmp_path) -> None:
-    result = _run(tmp_path, tmp_path / "run")
+    result = _run(tmp_path, tmp_path / "run", search="exhaustive")
     s = result.summary
     out = tmp_path / "run"
     for name in ("results.jsonl", "summary.json", "config.json", "layers.png", "heatmap.png", "curve.png",
@@ -106,6 +143,108 @@ def test_localize_on_tiny_pipeline_writes_everything(tmp_path) -> None:
     # the stub reads the target only where patching changed the image: the unpatched source never does
     assert rate("none") == 0.0 and all(r["psnr"] == 100.0 and r["mse"] == 0.0 for r in rows if r["variant"] == "none")
     assert json.loads((out / "summary.json").read_text())["chosen_layers"] == s["chosen_layers"]
+    # the exhaustive sweep made every record it counts, and its config carries no adaptive settings
+    assert s["search"] == {"method": "exhaustive"} and s["generations"] == s["generations_exhaustive"] == len(rows)
+    assert "search" not in json.loads((out / "config.json").read_text())["config"]
+
+
+def _truth_run(tmp_path: Path, out: Path, monkeypatch, **config):
+    """A localize run on tiny sd15 whose reader knows the answer (see ``install_truth_reader``)."""
+    from textloc.apps.localize.sweep import Localizer
+    from textloc.core.layers import list_text_layers
+
+    sys.path.insert(0, str(_stub_module(tmp_path)))
+    try:
+        from stub_reader import install_truth_reader
+    finally:
+        sys.path.pop(0)
+    monkeypatch.setattr(Localizer, "_generate_batch", Localizer._generate_batch)  # undone after the test
+    pipe = build_tiny_pipeline("sd15")
+    names = [layer.name for layer in list_text_layers(pipe)][:4]
+    reader = install_truth_reader(strong=names[2], weak=names[0])
+    cfg = LocalizeConfig(model="tiny:sd15", prompts="file", ocr="stub", layers=names, **{**TRUTH, **config})
+    return localize(pipe, text_pairs(PROMPTS12, 12, seed=0), cfg, out=out, reader=reader,
+                    **dict(tiny_call_kwargs("sd15"))), names
+
+
+def test_adaptive_search_agrees_with_the_exhaustive_sweep_for_fewer_generations(tmp_path, monkeypatch) -> None:
+    ref, names = _truth_run(tmp_path, tmp_path / "exhaustive", monkeypatch, search="exhaustive")
+    ada, _ = _truth_run(tmp_path, tmp_path / "adaptive", monkeypatch)
+    r, a = ref.summary, ada.summary
+    assert r["chosen_layers"] == a["chosen_layers"] == [names[2]]
+    assert a["generations_exhaustive"] == r["generations"] == len(ref.records)
+    # the adaptive run made exactly the records it counts, and fewer than the sweep
+    assert a["generations"] == len(ada.records) < r["generations"]
+    rows = [json.loads(line) for line in (tmp_path / "adaptive" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == len({(x["variant"], x["pair"]) for x in rows}) == a["generations"]
+    # per layer: as many records as pairs seen; a dropped layer stopped at its round's end, the strong one never
+    by_layer = {n: sum(1 for x in rows if x["variant"] == f"layer:{n}") for n in names}
+    assert by_layer == a["pairs_seen"] and names[2] not in a["dropped_after"] and by_layer[names[2]] == 12
+    assert a["dropped_after"] and all(by_layer[n] == k < 12 for n, k in a["dropped_after"].items())
+    assert sum(1 for x in rows if x["variant"] == "target") == TRUTH["first_round"]  # the reference row: round 1
+    assert sum(1 for x in rows if x["variant"] in ("none", "all")) == 2 * 12
+    # a record both runs made reads the same (the reader is exact; the batch composition may differ)
+    both = {(x["variant"], x["pair"]): x["read"] for x in ref.records}
+    assert all(both[(x["variant"], x["pair"])] == x["read"] for x in ada.records)
+    assert a["search"]["method"] == "adaptive" and a["search"]["delta"] == 0.5
+    assert json.loads((tmp_path / "adaptive" / "config.json").read_text())["config"]["delta"] == 0.5
+    assert "dropped after" in (tmp_path / "adaptive" / "report.html").read_text()
+    # resuming the finished run replays the search from its records alone: no new record, same decisions
+    again, _ = _truth_run(tmp_path, tmp_path / "adaptive", monkeypatch)
+    assert len((tmp_path / "adaptive" / "results.jsonl").read_text().splitlines()) == len(rows)
+    assert {k: again.summary[k] for k in ("chosen_layers", "curve", "dropped_after", "generations")} == {
+        k: a[k] for k in ("chosen_layers", "curve", "dropped_after", "generations")}
+    from textloc.errors import InputError
+
+    with pytest.raises(InputError, match=r"config\.delta differ"):  # the rule is fingerprinted
+        _truth_run(tmp_path, tmp_path / "adaptive", monkeypatch, delta=0.25)
+
+
+def test_bad_search_settings_write_nothing(tmp_path) -> None:
+    from textloc.errors import InputError
+
+    for bad in ({"search": "greedy"}, {"delta": 0.0}, {"growth": 1.0}, {"until": "never"}):
+        with pytest.raises(InputError):
+            _run(tmp_path, tmp_path / "bad", **bad)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_heads_of_a_layer_are_ranked_and_a_greedy_set_reaches_the_layer(tmp_path) -> None:
+    from textloc.apps.localize.heads import localize_heads
+
+    sys.path.insert(0, str(_stub_module(tmp_path)))
+    try:
+        from stub_reader import make_stub_reader
+    finally:
+        sys.path.pop(0)
+    pipe = build_tiny_pipeline("sd15")
+    kwargs = dict(tiny_call_kwargs("sd15"))
+    reader = make_stub_reader(pipe, {**kwargs, "num_inference_steps": 2})
+    cfg = LocalizeConfig(model="tiny:sd15", prompts="file", n_pairs=6, steps=2, chunk_size=2, ocr="stub",
+                         search="exhaustive")
+    result = localize_heads(pipe, text_pairs(PROMPTS, 6, 0), [6], cfg, out=tmp_path / "heads", reader=reader,
+                            **kwargs)
+    (layer,) = result.summary["layers"]
+    assert layer["index"] == 6 and layer["n_heads"] == 2 and len(layer["ranking"]) == 2
+    rows = [json.loads(line) for line in (tmp_path / "heads" / "results.jsonl").read_text().splitlines()]
+    name = layer["layer"]
+    for h in range(2):
+        head_rows = [x for x in rows if x["variant"] == f"head:{name}:{h}"]
+        assert len(head_rows) == 6
+        rate = sum(x["exact"] for x in head_rows) / 6
+        assert layer["per_head"][h]["exact"] == pytest.approx(rate)
+    whole = [x["exact"] for x in rows if x["variant"] == f"layer:{name}"]
+    assert layer["layer_score"] == pytest.approx(sum(whole) / len(whole))
+    ranked = [r["head"] for r in layer["ranking"]]
+    assert layer["chosen_heads"] == ranked[: len(layer["chosen_heads"])]  # a prefix of the ranking
+    reached = [p for p in layer["curve"] if p["k"] > 0 and p["exact"] >= layer["layer_score"]]
+    assert reached and reached[0]["heads"] == layer["chosen_heads"]
+    # one head patched changes the image less than the whole layer (it swaps only that head's K/V columns)
+    ssim = {v: sum(x["ssim"] for x in rows if x["variant"] == v) / 6 for v in (f"head:{name}:0", f"layer:{name}")}
+    assert ssim[f"head:{name}:0"] > ssim[f"layer:{name}"]
+    for file in ("summary.json", "report.html", "heads_6.png", "config.json"):
+        assert (tmp_path / "heads" / file).exists(), file
+    assert json.loads((tmp_path / "heads" / "config.json").read_text())["command"] == "localize-heads"
 
 
 def test_resume_refuses_incompatible_run(tmp_path) -> None:
@@ -157,7 +296,8 @@ def test_the_reader_comes_from_the_model_profile(tmp_path, monkeypatch) -> None:
     assert {r["exact"] for r in result.records} == {True, False}  # CAT is the target of one pair only
 
 
-def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path) -> None:
+@pytest.mark.parametrize("search", ["exhaustive", "adaptive"])
+def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path, search) -> None:
     """Kill a localization process with SIGKILL after a few records, re-run: records equal a clean run's."""
     _stub_module(tmp_path)
     script = tmp_path / "run_localize.py"
@@ -172,9 +312,18 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path) -> None:
         from textloc.models.tiny import build_tiny_pipeline, tiny_call_kwargs
         pipe = build_tiny_pipeline("sd15")
         kwargs = dict(tiny_call_kwargs("sd15"))
-        cfg = LocalizeConfig(model="tiny:sd15", prompts="file", n_pairs=6, steps=2, chunk_size=2, ocr="stub")
-        pairs = text_pairs({PROMPTS!r}, 6, seed=0)
-        reader = make_stub_reader(pipe, {{**kwargs, "num_inference_steps": 2}})
+        if {search!r} == "exhaustive":
+            cfg = LocalizeConfig(model="tiny:sd15", prompts="file", n_pairs=6, steps=2, chunk_size=2, ocr="stub",
+                                 search="exhaustive")
+            pairs = text_pairs({PROMPTS!r}, 6, seed=0)
+            reader = make_stub_reader(pipe, {{**kwargs, "num_inference_steps": 2}})
+        else:  # the adaptive search with layers dropped early, on a reader that knows the answer
+            from stub_reader import install_truth_reader
+            from textloc.core.layers import list_text_layers
+            names = [layer.name for layer in list_text_layers(pipe)][:4]
+            reader = install_truth_reader(strong=names[2], weak=names[0])
+            cfg = LocalizeConfig(model="tiny:sd15", prompts="file", ocr="stub", layers=names, **{TRUTH!r})
+            pairs = text_pairs({PROMPTS12!r}, 12, seed=0)
         localize(pipe, pairs, cfg, out=sys.argv[1], reader=reader, **kwargs)
         '''
     ))
@@ -184,7 +333,7 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path) -> None:
     results = killed / "results.jsonl"
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if results.exists() and len(results.read_text().splitlines()) >= 6:
+        if results.exists() and len(results.read_text().splitlines()) >= (6 if search == "exhaustive" else 20):
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)
@@ -207,6 +356,9 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path) -> None:
     a = json.loads((killed / "summary.json").read_text())
     b = json.loads((clean / "summary.json").read_text())
     assert a["chosen_layers"] == b["chosen_layers"] and a["curve"] == b["curve"]
+    assert a["generations"] == b["generations"] == len(records(clean))
+    if search == "adaptive":
+        assert a["dropped_after"] == b["dropped_after"] and a["dropped_after"]  # layers were dropped early
 
 
 def test_pairs_are_seeded_derangements() -> None:

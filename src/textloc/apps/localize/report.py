@@ -106,6 +106,27 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else html.escape(str(value))
 
 
+def search_html(summary: dict[str, Any]) -> str:
+    """How the records were chosen: the search, its rule, the generations made, the layers dropped early."""
+    search = summary.get("search") or {"method": "exhaustive"}
+    made, full = summary.get("generations"), summary.get("generations_exhaustive")
+    cost = "" if not made or not full else (f" {made:,} generations of the exhaustive sweep's {full:,} "
+                                            f"({made / full:.0%}).")
+    if search["method"] != "adaptive":
+        return f"<h2>Search</h2><p>Exhaustive: every layer on every pair.{cost}</p>"
+    rule = ", ".join(f"{k} = {html.escape(str(v))}" for k, v in search.items() if k != "method")
+    dropped = sorted(summary.get("dropped_after", {}).items(), key=lambda item: item[1])
+    by_name = {p["name"]: p for p in summary.get("per_layer", [])}
+    rows = "".join(f"<tr><td>{by_name[n]['index'] if n in by_name else ''}</td><td><code>{html.escape(n)}</code></td>"
+                   f"<td>{after}</td><td>{_fmt(by_name[n]['exact']) if n in by_name else ''}</td></tr>"
+                   for n, after in dropped)
+    table = ("<table><tr><th>#</th><th>layer</th><th>dropped after (pairs)</th><th>exact on those pairs</th></tr>"
+             f"{rows}</table>") if rows else "<p>No layer was dropped early.</p>"
+    return (f"<h2>Search</h2><p>Adaptive (racing, see <code>textloc.apps.localize.search</code>): {rule}.{cost} "
+            "Layers that could no longer rank first stopped early; their rates are on the pairs they saw.</p>"
+            + table)
+
+
 def write_report(folder: Any, summary: dict[str, Any], images: dict, pairs: list) -> None:
     """``layers.png``, ``heatmap.png``, ``curve.png``, ``examples_best.png``/``_worst.png`` and ``report.html``
     in the run folder ``folder`` (a :class:`textloc.runs.folder.RunFolder`)."""
@@ -126,7 +147,8 @@ def write_report(folder: Any, summary: dict[str, Any], images: dict, pairs: list
         f"<tr{' class=chosen' if p['name'] in summary['chosen_layers'] else ''}><td>{p['index']}</td>"
         f"<td><code>{html.escape(p['name'])}</code></td><td>{p['kind']}</td><td>{p['params']:,}</td>"
         + "".join(f"<td>{_fmt(p.get(m))}</td>" for m in ("exact", "f1", "cer", "source_exact", "ssim", "psnr"))
-        + "</tr>"
+        + f"<td>{p.get('pairs_seen', summary['n_pairs'])}</td>"
+        + f"<td>{'–' if p.get('dropped_after') is None else p['dropped_after']}</td></tr>"
         for p in summary["per_layer"]
     )
     curve_html = "".join(f"<tr><td>{p['k']}</td><td>{_fmt(p['exact'])}</td><td>{_fmt(p['f1'])}</td></tr>"
@@ -147,11 +169,68 @@ for n in summary['chosen_layers'])}</p>
 <p>Selection: smallest k whose exact-match rate reaches {summary['fraction']:.0%} of the all-layers rate
 ({_fmt(summary['all_layers_score'])} → threshold {_fmt(summary['threshold'])}). {summary['n_pairs']} pairs.</p>
 <img src="layers.png"><img src="curve.png"><img src="heatmap.png">
+{search_html(summary)}
 <h2>Bounds</h2><table><tr><th>variant</th><th>exact</th><th>F1</th><th>CER</th><th>SSIM to source</th></tr>
 {bounds_html}</table>
 <h2>Per layer</h2><table><tr><th>#</th><th>module</th><th>kind</th><th>params</th><th>exact</th><th>F1</th>
-<th>CER</th><th>source kept</th><th>SSIM</th><th>PSNR</th></tr>{rows_html}</table>
+<th>CER</th><th>source kept</th><th>SSIM</th><th>PSNR</th><th>pairs seen</th><th>dropped after</th></tr>
+{rows_html}</table>
 <h2>k best layers</h2><table><tr><th>k</th><th>exact</th><th>F1</th></tr>{curve_html}</table>
 <h2>Examples</h2>{grids_html}
 <h2>Config</h2><pre>{cfg}</pre></body></html>"""
+    folder.write_text("report.html", page)
+
+
+def plot_heads(layer: dict[str, Any], path: Path) -> None:
+    """Bar chart of each head's exact rate alone (chosen heads in red), with the whole layer's rate as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heads = layer["per_head"]
+    chosen = set(layer["chosen_heads"])
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.4 * len(heads) + 2), 3.2))
+    ax.bar([h["head"] for h in heads], [h["exact"] for h in heads],
+           color=["tab:red" if h["head"] in chosen else "tab:blue" for h in heads])
+    ax.axhline(layer["layer_score"], color="black", ls="--", lw=1, label="whole layer")
+    ax.set_xlabel(f"head of layer {layer['index']}")
+    ax.set_ylabel("target read exactly (rate)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("Patching one head at a time (red: chosen set)")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def write_heads_report(folder: Any, summary: dict[str, Any]) -> None:
+    """``heads_LAYERINDEX.png`` per layer and ``report.html`` for a head localization run."""
+    parts = []
+    for layer in summary["layers"]:
+        picture = f"heads_{layer['index']}.png"
+        plot_heads(layer, folder.path / picture)
+        rows = "".join(
+            f"<tr{' class=chosen' if h['head'] in layer['chosen_heads'] else ''}><td>{h['head']}</td>"
+            + "".join(f"<td>{_fmt(h.get(m))}</td>" for m in ("exact", "f1", "cer", "source_exact", "ssim"))
+            + f"<td>{h['pairs_seen']}</td><td>{'–' if h['dropped_after'] is None else h['dropped_after']}</td></tr>"
+            for h in layer["per_head"])
+        curve = "".join(f"<tr><td>{p['k']}</td><td>{', '.join(map(str, p['heads']))}</td><td>{_fmt(p['exact'])}</td>"
+                        "</tr>" for p in layer["curve"])
+        parts.append(
+            f"<h2>Layer {layer['index']}: <code>{html.escape(layer['layer'])}</code> ({layer['n_heads']} heads)</h2>"
+            f"<p>Whole layer: {_fmt(layer['layer_score'])}. <b>Chosen heads</b> (greedy, first set reaching the whole "
+            f"layer's rate): {', '.join(map(str, layer['chosen_heads']))}; reaching {summary['fraction']:.0%} of it: "
+            f"{', '.join(map(str, layer['fraction_heads']))}. {layer['generations']:,} generations "
+            f"(exhaustive: {layer['generations_exhaustive']:,}).</p><img src='{picture}'>"
+            "<table><tr><th>head</th><th>exact</th><th>F1</th><th>CER</th><th>source kept</th><th>SSIM</th>"
+            f"<th>pairs seen</th><th>dropped after</th></tr>{rows}</table>"
+            f"<h3>Greedy curve</h3><table><tr><th>k</th><th>heads</th><th>exact</th></tr>{curve}</table>")
+    search = summary["search"]
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>textloc head localization</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}td,th{{padding:2px 8px;text-align:right}}
+tr.chosen{{background:#fdd}}code{{font-size:90%}}</style></head><body>
+<h1>Head localization</h1><p>{summary['n_pairs']} pairs; search: {html.escape(str(search))}.</p>
+{''.join(parts)}
+<h2>Config</h2><pre>{html.escape(str(summary['config']))}</pre></body></html>"""
     folder.write_text("report.html", page)

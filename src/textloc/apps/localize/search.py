@@ -4,8 +4,10 @@ The exhaustive sweep patches every text layer on every pair: ``L x P`` generatio
 Almost every layer scores 0 on the first few pairs and never recovers. The adaptive search races the layers:
 
 1. **Rounds.** Pairs are taken in their fixed order in rounds of growing size (``first_round`` pairs, then
-   x ``growth``: 4, 6, 9, 14, 21, 32, ... up to ``P``). Each round runs every *active* layer alone, plus the fixed rows
-   (``none``, ``all``, ``target``), on the round's new pairs.
+   x ``growth``: 4, 6, 9, 14, 21, 32, ... up to ``P``). Each round runs every *active* layer alone, plus the bounds
+   ``none`` (the source itself, which every preservation score needs anyway) and ``all``, on the round's new
+   pairs. The ``target`` row (the target prompt's own generation) is a reference the rule never reads: it runs on
+   the first round's pairs only.
 2. **Drop rule.** After each round, every active layer gets a Clopper-Pearson interval on its exact-match rate.
    A layer is dropped when its *upper* bound is below what the selection could still need:
 
@@ -22,7 +24,8 @@ Almost every layer scores 0 on the first few pairs and never recovers. The adapt
 3. **Curve.** Layers are ranked as the sweep ranks them (exact rate, then F1, then execution order), and only the
    candidate top-k sets are evaluated, in increasing k, until one reaches ``fraction`` of the all-layers score
    (``until="chosen"``, the default: the chosen set is then decided) or the all-layers score itself
-   (``until="full"``: the full-score set, which editing uses, is decided too).
+   (``until="full"``: the full-score set, which editing uses, is decided too). The ``k = L`` point (all layers)
+   is measured by every round, so it always closes the curve at no cost.
 
 **Error probability.** The rule uses one side of each interval (a dropped layer's upper bound, the best layer's
 lower bound), each at level ``delta / (2 L R)`` (``R`` rounds), so by the union bound the probability that
@@ -45,8 +48,11 @@ from typing import Any
 
 from textloc.errors import InputError
 
-#: Rows every run measures on every pair (reference bounds of the report).
+#: Rows the exhaustive sweep measures on every pair (reference bounds of the report).
 FIXED_VARIANTS = ("none", "all", "target")
+#: Rows the adaptive search measures on every pair; ``target`` (never read by the rule) only on the first round.
+BOUND_VARIANTS = ("none", "all")
+UNTIL = ("chosen", "full")
 
 
 def clopper_pearson(successes: float, n: int, alpha: float) -> tuple[float, float]:
@@ -178,8 +184,8 @@ def adaptive_search(layers: Sequence[str], n_pairs: int, evaluate: Evaluate, *, 
     from its records when they exist (resume), so replaying the search over finished records makes no
     generation and reaches the same decisions.
     """
-    if until not in ("chosen", "full"):
-        raise InputError(f"Expected until in chosen, full, but got {until!r}")
+    if until not in UNTIL:
+        raise InputError(f"Expected until in {', '.join(UNTIL)}, but got {until!r}")
     rule = rule or AdaptiveRule()
     layers = list(layers)
     n_layers = len(layers)
@@ -189,7 +195,8 @@ def adaptive_search(layers: Sequence[str], n_pairs: int, evaluate: Evaluate, *, 
     generations, done = 0, 0
     for upto in rule.rounds(n_pairs):
         pairs = list(range(done, upto))
-        variants = [(v, [] if v != "all" else list(layers)) for v in FIXED_VARIANTS]
+        bounds = FIXED_VARIANTS if done == 0 else BOUND_VARIANTS
+        variants = [(v, [] if v != "all" else list(layers)) for v in bounds]
         variants += [(f"layer:{name}", [name]) for name in active]
         measured = evaluate(variants, pairs)
         for name, _ in variants:
@@ -211,25 +218,14 @@ def adaptive_search(layers: Sequence[str], n_pairs: int, evaluate: Evaluate, *, 
     ranking = rank(layers, scores)
     all_score = _mean_exact(scores["all"])
     ks = curve_ks(n_layers, ks)
-    curve: list[dict[str, Any]] = []
-    for k in ks:
-        top = [name for name, _ in ranking[:k]]
-        if k == 0:
-            variant, values = "none", scores["none"]
-        elif k == 1:
-            variant, values = f"layer:{top[0]}", scores[f"layer:{top[0]}"]
-        elif k == n_layers:
-            variant, values = "all", scores["all"]
-        else:
-            variant = f"top:{k}"
-            values = list(evaluate([(variant, top)], list(range(n_pairs)))[variant])
-            generations += n_pairs
-        curve.append({"k": k, "variant": variant, "exact": _mean_exact(values), "layers": top})
-        if k > 0 and curve[-1]["exact"] >= (all_score if until == "full" else fraction * all_score):
-            break
+    curve, made = _curve(ranking, scores, evaluate, n_pairs, ks, stop=all_score if until == "full" else
+                         fraction * all_score)
+    generations += made
     chosen, full = select(curve, all_score, fraction, n_layers, ranking)
     if until == "chosen" and not (curve[-1]["exact"] >= all_score):
         full = []  # not decided: the curve stopped at the chosen set
+    if curve[-1]["k"] < n_layers:  # the all-layers point was measured by every round: close the curve with it
+        curve.append({"k": n_layers, "variant": "all", "exact": all_score, "layers": [n for n, _ in ranking]})
     return SearchResult(
         ranking=ranking, curve=curve, chosen=chosen, full_score=full, all_score=all_score,
         generations=generations, generations_exhaustive=exhaustive_generations(n_layers, n_pairs, ks),
@@ -238,28 +234,57 @@ def adaptive_search(layers: Sequence[str], n_pairs: int, evaluate: Evaluate, *, 
 
 
 def exhaustive_search(layers: Sequence[str], n_pairs: int, evaluate: Evaluate, *, fraction: float = 0.9,
-                      ks: Sequence[int] | None = None) -> SearchResult:
-    """The full sweep through the same interface: every layer on every pair, the whole curve (the reference)."""
+                      ks: Sequence[int] | None = None, until: str | None = None) -> SearchResult:
+    """The full sweep through the same interface: every layer on every pair, then the curve (the reference).
+
+    ``until=None`` scores the whole curve, as the sweep does; ``"chosen"``/``"full"`` stop it as the adaptive
+    search does (head localization's greedy set: ``"full"``).
+    """
+    if until is not None and until not in UNTIL:
+        raise InputError(f"Expected until in {', '.join(UNTIL)}, but got {until!r}")
     layers = list(layers)
     n_layers = len(layers)
-    pairs = list(range(n_pairs))
     variants = [(v, [] if v != "all" else list(layers)) for v in FIXED_VARIANTS]
     variants += [(f"layer:{name}", [name]) for name in layers]
-    scores = {name: list(values) for name, values in evaluate(variants, pairs).items()}
+    scores = {name: list(values) for name, values in evaluate(variants, list(range(n_pairs))).items()}
     ranking = rank(layers, scores)
     all_score = _mean_exact(scores["all"])
     ks = curve_ks(n_layers, ks)
-    curve = []
+    stop = None if until is None else all_score if until == "full" else fraction * all_score
+    curve, made = _curve(ranking, scores, evaluate, n_pairs, ks, stop=stop)
+    chosen, full = select(curve, all_score, fraction, n_layers, ranking)
+    if until == "chosen" and not (curve[-1]["exact"] >= all_score):
+        full = []
+    return SearchResult(ranking=ranking, curve=curve, chosen=chosen, full_score=full, all_score=all_score,
+                        generations=len(variants) * n_pairs + made,
+                        generations_exhaustive=exhaustive_generations(n_layers, n_pairs, ks),
+                        pairs_seen={name: n_pairs for name in layers})
+
+
+def _curve(ranking: Sequence[tuple[str, float]], scores: Mapping[str, Sequence[tuple[float, float]]],
+           evaluate: Evaluate, n_pairs: int, ks: Sequence[int], *, stop: float | None
+           ) -> tuple[list[dict[str, Any]], int]:
+    """The k-best curve in increasing k (stopping at the first k > 0 reaching ``stop``) and the generations it
+    made: k = 0, 1 and L reuse the rows already measured; every other k runs its set on all pairs."""
+    n_layers, made, curve = len(ranking), 0, []
     for k in ks:
         top = [name for name, _ in ranking[:k]]
         variant = "none" if k == 0 else f"layer:{top[0]}" if k == 1 else "all" if k == n_layers else f"top:{k}"
-        values = scores[variant] if variant in scores else list(evaluate([(variant, top)], pairs)[variant])
+        if variant in scores and len(scores[variant]) < n_pairs:
+            # a layer dropped early can still rank first when the racing ones fall later: finish its pairs
+            seen = len(scores[variant])
+            rest = evaluate([(variant, top)], list(range(seen, n_pairs)))[variant]
+            values = list(scores[variant]) + list(rest)
+            made += n_pairs - seen
+        elif variant in scores:
+            values = scores[variant]
+        else:
+            values = list(evaluate([(variant, top)], list(range(n_pairs)))[variant])
+            made += n_pairs
         curve.append({"k": k, "variant": variant, "exact": _mean_exact(values), "layers": top})
-    chosen, full = select(curve, all_score, fraction, n_layers, ranking)
-    gens = exhaustive_generations(n_layers, n_pairs, ks)
-    return SearchResult(ranking=ranking, curve=curve, chosen=chosen, full_score=full, all_score=all_score,
-                        generations=gens, generations_exhaustive=gens,
-                        pairs_seen={name: n_pairs for name in layers})
+        if stop is not None and k > 0 and curve[-1]["exact"] >= stop:
+            break
+    return curve, made
 
 
 def _mean_exact(values: Sequence[tuple[float, float]]) -> float:

@@ -7,6 +7,13 @@ and *all* layers; the target prompt's own generation is recorded as a reference.
 and the cumulative sets "k best layers" are scored too; the chosen set is the smallest k whose score reaches
 ``fraction`` (default 0.9) of the all-layers score.
 
+Two searches decide which (variant, pair) records are made (``config.search``): ``"exhaustive"`` scores every
+layer on every pair and the whole curve (the paper's sweep); ``"adaptive"`` (the default) drives the same
+generation through :func:`textloc.apps.localize.search.adaptive_search`, which races the layers over rounds of
+pairs and stops scoring a layer once it can no longer rank first (see ``search.py`` for the rule and its error
+bound). Its ``evaluate`` callback answers from existing records (resume) and otherwise generates, scores and
+appends them, batched exactly like the exhaustive sweep's items.
+
 The output folder is a :class:`textloc.runs.folder.RunFolder` (locked; its fingerprint covers the config, the
 model and the pairs, plus a prompts file's content). Records are appended to ``results.jsonl`` one work item
 (variant x chunk of pairs) at a time, each item with fixed pair boundaries and per-pair seeds, so a run killed
@@ -26,7 +33,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,21 +43,31 @@ import torch
 from tqdm.auto import tqdm
 
 from textloc import __version__
+from textloc.apps.localize.scoring import ATTRIBUTES, Reader, make_reader, score_attribute, score_text
+from textloc.apps.localize.search import (
+    UNTIL,
+    AdaptiveRule,
+    SearchResult,
+    adaptive_search,
+    curve_ks,
+    exhaustive_generations,
+)
 from textloc.core.engine import default_steps, generate
 from textloc.core.layers import TextLayer, get_denoiser, list_text_layers, model_fingerprint, resolve_layers
 from textloc.core.plan import PatchPlan
 from textloc.core.prefix import PrefixCache
 from textloc.data.pairs import PromptPair
 from textloc.errors import InputError
-from textloc.eval.scoring import image_scores, normalize_text, text_scores
-from textloc.models.profiles import ModelProfile, profile_for
+from textloc.models.profiles import profile_for
 from textloc.runs.folder import RunFolder
 from textloc.runs.io import read_jsonl
 
-ATTRIBUTES = ("text", "style", "colour", "background")
-RESULTS = "results.jsonl"
+__all__ = ["ATTRIBUTES", "SEARCHES", "LocalizationResult", "LocalizeConfig", "Localizer", "localize"]
 
-Reader = Callable[[Sequence[Any], Sequence[PromptPair]], list[str]]
+RESULTS = "results.jsonl"
+SEARCHES = ("adaptive", "exhaustive")
+#: Settings of the adaptive search: they decide which records are made, so they enter the fingerprint then.
+SEARCH_KEYS = ("search", "delta", "race_top", "first_round", "growth", "until")
 
 
 @dataclass
@@ -74,11 +91,28 @@ class LocalizeConfig:
     curve: list[int] | None = None
     clip: str | None = None  # local CLIP folder: adds CLIP-T of each image against the target prompt
     prefix_reuse: bool = True  # with start_step > 0: batches of one pair chunk share their first steps
+    search: str = "adaptive"  # adaptive | exhaustive (see the module docstring)
+    delta: float = 0.05  # adaptive: probability that any confidence bound of the run misses
+    race_top: int = 1  # adaptive: places protected when several layers may be needed
+    first_round: int = 4  # adaptive: pairs of the first round
+    growth: float = 1.5  # adaptive: round size factor
+    until: str = "chosen"  # adaptive: curve until the chosen set, or the full-score set ("full")
+
+    def rule(self) -> AdaptiveRule:
+        """The adaptive search's rule (validated: a bad value is an ``InputError``)."""
+        return AdaptiveRule(delta=self.delta, race_top=self.race_top, first_round=self.first_round,
+                            growth=self.growth)
+
+    def record_settings(self) -> dict[str, Any]:
+        """Every setting that changes a record. Prefix reuse never does (bit-identical); the selection fraction
+        and the adaptive rule do only under the adaptive search (they decide which records are made). An
+        exhaustive run's settings are exactly those of the sweep before the adaptive search existed, so its
+        run folders resume unchanged."""
+        drop = {"prefix_reuse", "fraction", *SEARCH_KEYS} if self.search == "exhaustive" else {"prefix_reuse"}
+        return {k: v for k, v in asdict(self).items() if k not in drop}
 
     def fingerprint(self) -> str:
-        # Neither the selection fraction nor prefix reuse (bit-identical by construction) changes a record.
-        keep = {k: v for k, v in asdict(self).items() if k not in ("fraction", "prefix_reuse")}
-        return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+        return hashlib.sha1(json.dumps(self.record_settings(), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -91,50 +125,6 @@ class LocalizationResult:
     @property
     def chosen_layers(self) -> list[str]:
         return list(self.summary["chosen_layers"])
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Scoring
-
-
-def score_text(image: Any, read: str, pair: PromptPair, source_image: Any) -> dict[str, Any]:
-    """OCR scores of one patched image against the target text and the source text, plus preservation."""
-    target = text_scores(read, pair.target_value)
-    return {
-        "read": normalize_text(read),
-        "exact": bool(target.exact),
-        "f1": float(target.f1),
-        "precision": float(target.precision),
-        "recall": float(target.recall),
-        "cer": float(target.cer),
-        "edit_distance": int(target.edit_distance),
-        "source_exact": bool(text_scores(read, pair.source_value).exact),
-        **image_scores(image, source_image).as_dict(),
-    }
-
-
-def score_attribute(image: Any, read: str, pair: PromptPair, source_image: Any) -> dict[str, Any]:
-    """A pixel reader's value against the target's and the source's attribute value, plus preservation."""
-    return {
-        "read": read,
-        "exact": read == pair.target_value,
-        "f1": float(read == pair.target_value),
-        "source_exact": read == pair.source_value,
-        **image_scores(image, source_image).as_dict(),
-    }
-
-
-def make_reader(attribute: str, ocr: str, profile: ModelProfile) -> Reader:
-    """The reader for ``attribute``: the profile's OCR backend for text, its pixel reader for the others."""
-    if attribute not in ATTRIBUTES:
-        raise InputError(f"Expected --attribute in {', '.join(ATTRIBUTES)}, but got {attribute!r}")
-    if attribute == "text":
-        backend = profile.reader(ocr)
-        return lambda images, _pairs: backend.read(list(images))
-    if profile.attribute_reader is None:
-        raise InputError(f"--attribute {attribute} needs a model with pixel readers for it (the embedded model); "
-                         f"the {profile.name} model has none")
-    return profile.attribute_reader(attribute)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -176,6 +166,11 @@ class Localizer:
             raise InputError(f"Expected 0 < fraction <= 1, but got {config.fraction}")
         if config.chunk_size < 1 or config.batch_size < 1:
             raise InputError(f"Expected chunk and batch sizes >= 1, but got {config.chunk_size}, {config.batch_size}")
+        if config.search not in SEARCHES:
+            raise InputError(f"Expected --search in {', '.join(SEARCHES)}, but got {config.search!r}")
+        if config.until not in UNTIL:
+            raise InputError(f"Expected --until in {', '.join(UNTIL)}, but got {config.until!r}")
+        self.rule = config.rule()
         self.pipe, self.pairs, self.config = pipe, pairs, config
         self.out = Path(out) if out is not None else None
         self.profile = profile_for(pipe)
@@ -191,7 +186,8 @@ class Localizer:
         if config.guidance is not None:
             self.call_kwargs["guidance_scale"] = config.guidance
         self.rank, self.world, self.barrier = _distributed()
-        self._none_group: list[tuple[str, list[str]]] = [("none", [])]
+        # pair key -> (variants, pairs) of the work item that made its unpatched source image
+        self._none_items: dict[str, tuple[list[tuple[str, list[str]]], list[PromptPair]]] = {}
         self.records: dict[tuple[str, str], dict[str, Any]] = {}
         self.images: dict[tuple[str, str], Any] = {}
         # Every batch of one pair chunk has the same prompts and noise before the start step, whatever layers
@@ -223,13 +219,15 @@ class Localizer:
         return {(v, p.key): image for (v, _, p), image in zip(rows, images, strict=True)}
 
     def _source_images(self, pairs: list[PromptPair]) -> list[Any]:
-        """The unpatched source images, exactly as the item holding the "none" rows of this chunk made them.
+        """The unpatched source images, exactly as the item holding the "none" rows of their pairs made them.
 
-        After a resume they are regenerated with that item's batch composition, so preservation scores are
-        bit-identical to an uninterrupted run's.
+        After a resume they are regenerated with that item's batch composition (its variants and its pairs), so
+        preservation scores are bit-identical to an uninterrupted run's.
         """
-        if any(("none", p.key) not in self.images for p in pairs):
-            self.images.update(self._generate_batch(self._none_group, pairs))
+        for pair in pairs:
+            if ("none", pair.key) not in self.images:
+                variants, item_pairs = self._none_items.get(pair.key, ([("none", [])], [pair]))
+                self.images.update(self._generate_batch(variants, item_pairs))
         return [self.images[("none", p.key)] for p in pairs]
 
     def _results_name(self) -> str:
@@ -257,13 +255,22 @@ class Localizer:
         if self.folder is not None:
             self.folder.extend(records, name=self._results_name())
 
-    def _run_variants(self, variants: list[tuple[str, list[str]]], desc: str) -> None:
-        chunk = max(1, self.config.chunk_size)
+    def _run_variants(self, variants: list[tuple[str, list[str]]], desc: str,
+                      pairs: list[PromptPair] | None = None, chunk: int | None = None) -> None:
+        """Make every missing (variant, pair) record of ``variants`` x ``pairs`` (default: all pairs).
+
+        Work items are fixed by the arguments alone (chunks of ``chunk`` pairs x groups of variants filling a
+        batch), so a resumed run makes the same items with the same batch composition.
+        """
+        pairs = self.pairs if pairs is None else pairs
+        chunk = max(1, chunk or self.config.chunk_size)
         group = max(1, self.config.batch_size // chunk)
-        if variants and variants[0][0] == "none":
-            self._none_group = variants[:group]
-        items = [(variants[g : g + group], self.pairs[i : i + chunk]) for i in range(0, len(self.pairs), chunk)
+        items = [(variants[g : g + group], pairs[i : i + chunk]) for i in range(0, len(pairs), chunk)
                  for g in range(0, len(variants), group)]
+        for group_variants, item_pairs in items:
+            if any(v == "none" for v, _ in group_variants):
+                for pair in item_pairs:
+                    self._none_items[pair.key] = (group_variants, item_pairs)
         todo = [(i, item) for i, item in enumerate(items) if i % self.world == self.rank
                 and not all((v, p.key) in self.records for v, _ in item[0] for p in item[1])]
         for _, (group_variants, pairs) in tqdm(todo, desc=desc, disable=not todo or self.rank != 0,
@@ -290,13 +297,46 @@ class Localizer:
             return self._sweep()
 
     def _sweep(self) -> LocalizationResult:
+        if self.config.search == "adaptive":
+            return self._finish(self._summary(self._adaptive()))
         self._run_variants(_variants(self.layers), "localize: single layers")
         ranking = self._ranking()
-        curve_ks = self._curve_ks()
-        cumulative = [(f"top:{k}", [name for name, _ in ranking[:k]]) for k in curve_ks
-                      if 1 < k < len(self.layers)]
+        ks = self._curve_ks()
+        cumulative = [(f"top:{k}", [name for name, _ in ranking[:k]]) for k in ks if 1 < k < len(self.layers)]
         self._run_variants(cumulative, "localize: k best layers")
-        summary = self._summary(ranking, curve_ks)
+        return self._finish(self._summary(self._exhaustive_result(ranking, ks)))
+
+    def evaluate(self, variants: list[tuple[str, list[str]]], indices: list[int],
+                 desc: str = "localize: adaptive round") -> dict[str, list[tuple[float, float]]]:
+        """The search's callback: (exact, F1) of every variant on the pairs ``indices``, from the records where
+        they exist (resume), else generated, scored and appended (same items and batching as the sweep)."""
+        pairs = [self.pairs[i] for i in indices]
+        self._run_variants(variants, desc, pairs)
+        return {v: [(float(self.records[(v, p.key)]["exact"]), float(self.records[(v, p.key)]["f1"]))
+                    for p in pairs] for v, _ in variants}
+
+    def _adaptive(self) -> SearchResult:
+        names = [layer.name for layer in self.layers]
+        say = tqdm.write if self.rank == 0 else None
+        return adaptive_search(names, len(self.pairs), self.evaluate, rule=self.rule, fraction=self.config.fraction,
+                               ks=self.config.curve, until=self.config.until, progress=say)
+
+    def _exhaustive_result(self, ranking: list[tuple[str, float]], ks: list[int]) -> SearchResult:
+        """The exhaustive sweep's decisions in the search's terms (its records, unchanged, decide them)."""
+        n = len(self.layers)
+        variant_of = {0: "none", 1: f"layer:{ranking[0][0]}", n: "all"}
+        curve = [{"k": k, "variant": variant_of.get(k, f"top:{k}"), "exact": self._score(variant_of.get(k, f"top:{k}")),
+                  "layers": [name for name, _ in ranking[:k]]} for k in ks]
+        all_score = self._score("all")
+        chosen_k = next((p["k"] for p in curve if p["k"] > 0 and p["exact"] >= self.config.fraction * all_score), n)
+        full_k = next((p["k"] for p in curve if p["k"] > 0 and p["exact"] >= all_score), n)
+        gens = exhaustive_generations(n, len(self.pairs), ks)
+        return SearchResult(ranking=ranking, curve=curve, chosen=[name for name, _ in ranking[:chosen_k]],
+                            full_score=[name for name, _ in ranking[:full_k]], all_score=all_score,
+                            generations=gens, generations_exhaustive=gens,
+                            pairs_seen={layer.name: len(self.pairs) for layer in self.layers})
+
+    def _finish(self, summary: dict[str, Any]) -> LocalizationResult:
         if self.folder is not None and self.rank == 0:
             from textloc.apps.localize.report import write_report
 
@@ -328,9 +368,9 @@ class Localizer:
 
     def _folder_spec(self) -> tuple[str, dict[str, Any], dict[str, Path]]:
         """What the run folder's fingerprint covers: every setting that changes a record (not the selection
-        fraction, not prefix reuse, which is bit-identical), the model, the pairs, and a prompts file's content."""
-        settings = {k: v for k, v in asdict(self.config).items() if k not in ("fraction", "prefix_reuse")}
-        config = {**settings, "model_fingerprint": model_fingerprint(self.pipe),
+        fraction and search rule of an exhaustive run, not prefix reuse, which is bit-identical), the model, the
+        pairs, and a prompts file's content."""
+        config = {**self.config.record_settings(), "model_fingerprint": model_fingerprint(self.pipe),
                   "pairs": [p.key for p in self.pairs]}
         prompts = Path(self.config.prompts)
         inputs = {"prompts": prompts} if prompts.is_file() else {}
@@ -353,22 +393,22 @@ class Localizer:
         return [(name, score) for name, score, _ in scored]
 
     def _curve_ks(self) -> list[int]:
-        n = len(self.layers)
-        ks = self.config.curve or [0, 1, 2, 3, 10, 30, n]
-        return sorted({k for k in ks if 0 <= k <= n} | {0, 1, n} | set(range(1, min(n, 8) + 1)))
+        return curve_ks(len(self.layers), self.config.curve)
 
-    def _summary(self, ranking: list[tuple[str, float]], curve_ks: list[int]) -> dict[str, Any]:
+    def search_info(self) -> dict[str, Any]:
+        """The search and its rule's parameters, as ``summary.json`` reports them."""
+        if self.config.search == "exhaustive":
+            return {"method": "exhaustive"}
+        return {"method": "adaptive", **asdict(self.rule), "until": self.config.until,
+                "fraction": self.config.fraction}
+
+    def _summary(self, result: SearchResult) -> dict[str, Any]:
         n = len(self.layers)
-        variant_of = {0: "none", 1: f"layer:{ranking[0][0]}", n: "all"}
-        curve = []
-        for k in curve_ks:
-            variant = variant_of.get(k, f"top:{k}")
-            curve.append({"k": k, "variant": variant, "exact": self._score(variant), "f1": self._score(variant, "f1"),
-                          "layers": [name for name, _ in ranking[:k]]})
-        all_score = self._score("all")
+        curve = [{**{k: v for k, v in p.items() if k != "layers"}, "f1": self._score(p["variant"], "f1"),
+                  "layers": p["layers"]} for p in result.curve]
+        all_score = result.all_score
         threshold = self.config.fraction * all_score
-        chosen_k = next((p["k"] for p in curve if p["k"] > 0 and p["exact"] >= threshold), n)
-        chosen = [name for name, _ in ranking[:chosen_k]]
+        chosen = list(result.chosen)
         by_name = {layer.name: layer for layer in self.layers}
         denoiser_params = sum(p.numel() for p in get_denoiser(self.pipe).parameters())
         chosen_params = sum(by_name[name].params for name in chosen)
@@ -379,22 +419,32 @@ class Localizer:
                 "index": layer.index, "name": layer.name, "kind": layer.kind, "params": layer.params,
                 **{metric: self._score(variant, metric) for metric in ("exact", "f1", "cer", "source_exact", "mse",
                                                                        "ssim", "psnr", "clip_t")},
+                "pairs_seen": result.pairs_seen.get(layer.name, 0),
+                "dropped_after": result.dropped_after.get(layer.name),
             })
         bounds = {v: {m: self._score(v, m) for m in ("exact", "f1", "cer", "source_exact", "mse", "ssim", "psnr")}
                   for v in ("none", "all", "target")}
+        for v in bounds:
+            bounds[v]["pairs"] = sum(1 for variant, _ in self.records if variant == v)
         return {
             "model_fingerprint": model_fingerprint(self.pipe),
             "chosen_layers": chosen,
             "chosen_indices": [by_name[name].index for name in chosen],
             "chosen_params": chosen_params,
             "chosen_share": chosen_params / denoiser_params,
+            "full_score_layers": list(result.full_score),
             "all_layers_score": all_score,
             "threshold": threshold,
             "fraction": self.config.fraction,
-            "ranking": [{"name": name, "exact": score} for name, score in ranking],
+            "ranking": [{"name": name, "exact": score} for name, score in result.ranking],
             "curve": curve,
             "per_layer": per_layer,
             "bounds": bounds,
+            "search": self.search_info(),
+            "generations": result.generations,
+            "generations_exhaustive": result.generations_exhaustive,
+            "pairs_seen": dict(result.pairs_seen),
+            "dropped_after": dict(result.dropped_after),
             "n_pairs": len(self.pairs),
             "n_layers": n,
             "config": asdict(self.config),
