@@ -253,3 +253,42 @@ def _prompt_file(tmp_path: Path) -> Path:
     path = tmp_path / "prompts.txt"
     path.write_text("".join(f'a sign that says "{w}"\n' for w in ("CAT", "DOG", "SUN", "MAP", "RED", "BOX")))
     return path
+
+
+def test_a_profile_may_lower_the_step_limit_and_fix_the_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After loading, ``check_for_model`` asks the model's profile (its own step limit and sizes)."""
+    from textloc.cli.options import check_for_model
+    from textloc.models import profiles
+
+    strict = profiles.ModelProfile(name="strict", max_steps=10, sizes=((24, 64),))
+    monkeypatch.setattr(profiles, "profile_for", lambda pipe: strict)
+    check_for_model(object(), steps=10, height=24, width=64)
+    check_for_model(object(), steps=None, height=None, width=64)
+    with pytest.raises(InputError, match="1..10"):
+        check_for_model(object(), steps=11)
+    with pytest.raises(InputError, match="24x64"):
+        check_for_model(object(), height=32)
+
+
+@pytest.mark.parametrize("path, problem", [
+    ("{tmp}/a_file/out", "is a file"),
+    ("{tmp}/" + "x" * 256, "too long"),
+    ("{tmp}/a_file", "is a file"),
+])
+def test_output_folder_checks(path: str, problem: str, tmp_path: Path) -> None:
+    from textloc.cli.options import check_output_path
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(InputError, match=problem):
+        check_output_path(Path(path.replace("{tmp}", str(tmp_path))))
+    assert check_output_path(tmp_path / "new" / "deeper") == tmp_path / "new" / "deeper"
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+def test_read_only_parent_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``os.access`` decides (root ignores permission bits, so the answer is simulated here)."""
+    from textloc.cli import options
+
+    monkeypatch.setattr(options.os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(InputError, match="read-only"):
+        options.check_output_path(tmp_path / "run")

@@ -406,3 +406,31 @@ def test_write_failure_leaves_no_partial_file(number: int, tmp_path: Path, monke
     _failing_generate(number, tmp_path, monkeypatch, capsys)
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert leftovers == [], leftovers
+
+
+# -- a damaged run folder -------------------------------------------------------------------------------------
+
+
+def test_damaged_records_and_config_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A real run folder, then a damaged record (not a torn last line) and a damaged config: one line each."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench"
+    args = ["bench", "edit", "--benchmark", "embedded", "--n", "2", "--steps", "3", "--layers", "3,4",
+            "--start-step", "1", "--methods", "ours", "--ocr", "none", "--out", str(out)]
+    code, err = _run(args, capsys)
+    assert code == 0, err
+    records = out / "results.jsonl"
+    lines = records.read_text().splitlines(keepends=True)
+    assert lines, "the run wrote no records"
+    records.write_text("{not a record\n" + "".join(lines[1:]))
+    before = _snapshot(tmp_path)
+    code, err = _run(args, capsys)
+    assert_one_error(code, err, 2, "line")
+    assert "results.jsonl" in err and "damaged" in err, err
+    assert _snapshot(tmp_path) == before
+
+    (out / "config.json").write_text('{"config": ')
+    code, err = _run(args, capsys)
+    assert_one_error(code, err, 2, "line")
+    assert "config.json" in err, err
