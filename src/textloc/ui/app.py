@@ -22,6 +22,8 @@ from textloc.ui.state import UIState, offered_models, shipped_loaders
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = 'The web app needs gradio; install it with: pip install "textloc[ui]"'
+#: Seconds an error toast stays (the status line keeps the message until the next action).
+TOAST_S = 6
 MODEL_QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}
 
 
@@ -77,7 +79,8 @@ def build_app(pipe: Any, *, model_name: str = "embedded", ocr: Any = "rapidocr",
     def fail(err: BaseException) -> str:
         if not isinstance(err, TextlocError):
             log.exception("textloc ui: unexpected error")
-        gr.Warning(render.error_text(err))  # a toast, in case the status line is scrolled away
+        # a short-lived toast, in case the status line is scrolled away (the status line says it too)
+        gr.Warning(render.error_text(err), duration=TOAST_S)
         return render.error_md(err)
 
     def progress_of(tracker: Any) -> actions.Progress:
@@ -134,16 +137,24 @@ def build_app(pipe: Any, *, model_name: str = "embedded", ocr: Any = "rapidocr",
             status = f"✓ Loaded **{render.md_escape(loaded.name)}**."
         except Exception as err:
             loaded, status = state.model, fail(err)
+        return (*model_updates(loaded, settings=True), *generate_cleared[:-1], status, *edit_cleared)
+
+    def on_load() -> tuple:
+        """A page opened (or reloaded) after a model switch shows the model the server holds, not the first one."""
+        return model_updates(state.model, settings=state.model.name != model_name)
+
+    def model_updates(loaded: Any, settings: bool) -> tuple:
+        """What depends on the model: picker, header, Layers box, examples, and (``settings``) the sliders."""
         n = loaded.steps
+        keep = gr.update()
         return (
             gr.update(value=loaded.name),
             render.model_md(loaded.name, loaded.pipe, loaded.profile, loaded.preset_error),
             gr.update(choices=loaded.layer_choices(), value=loaded.default_layers()),
-            gr.update(value=n, maximum=max(50, n)),
-            gr.update(value=loaded.guidance),
-            gr.update(value=loaded.start_step(n), label=start_label(n)),
+            gr.update(value=n, maximum=max(50, n)) if settings else keep,
+            gr.update(value=loaded.guidance) if settings else keep,
+            gr.update(value=loaded.start_step(n), label=start_label(n)) if settings else keep,
             gr.Dataset(samples=loaded.examples()),
-            *generate_cleared[:-1], status, *edit_cleared,
         )
 
     first_quote = (quoted_spans(prompt) or [""])[0]
@@ -223,6 +234,8 @@ def build_app(pipe: Any, *, model_name: str = "embedded", ocr: Any = "rapidocr",
         model_box.input(on_model, model_box,
                         [model_box, model_md, layers_box, steps_box, guidance_box, start_box, examples.dataset,
                          *gen_outputs, *edit_outputs], **MODEL_QUEUE)
+        demo.load(on_load, None, [model_box, model_md, layers_box, steps_box, guidance_box, start_box,
+                                  examples.dataset], queue=False, show_progress="hidden")
     demo.textloc_state = state  # for tests and debugging: the loaded model, the output folder, the lock
     return demo
 
