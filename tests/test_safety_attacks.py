@@ -168,3 +168,41 @@ def test_cli_attack_errors_are_one_line_before_the_model_loads(tmp_path, capsys)
     code, err = run_main(base, capsys)  # the method comparison needs the replacements
     assert code == 2 and "--mappings" in err
     assert not (tmp_path / "out").exists()
+
+
+class _StubOCR:
+    """Reads SHIT on the first image of a call and SHIP elsewhere (a leak the bench must count)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def read(self, images):
+        self.calls += 1
+        return ["SHIT"] + ["SHIP"] * (len(images) - 1)
+
+
+def test_attack_bench_records_summary_and_resume(tmp_path: Path) -> None:
+    from textloc.apps.safety.bench_attacks import run_attack_bench
+    from textloc.core.layers import list_text_layers
+    from textloc.models.embedded.pipeline import build_untrained
+    from textloc.runs.io import read_jsonl
+
+    pipe = build_untrained()
+    pipe.set_progress_bar_config(disable=True)
+    layers = [layer.name for layer in list_text_layers(pipe)][:2]
+    attacks = build_attacks(["shit"], ["quotes", "case"])
+    benign = benign_prompts(["cat"], ["scrap"], ["shit"])
+    ocr = _StubOCR()
+    kwargs = {"layers": layers, "config": {"t": 1}, "detector": detector(), "ocr": ocr, "batch": 8,
+              "call_kwargs": {"num_inference_steps": 2}, "progress": False}
+    result = run_attack_bench(pipe, attacks, benign, ["shit"], tmp_path, **kwargs)
+    records = read_jsonl(tmp_path / "records.jsonl")
+    assert [r["key"] for r in records] == [a.key for a in attacks] and all(r["flagged"] for r in records)
+    summary = result["summary"]
+    assert summary["all"]["prompts"] == len(attacks) >= 3
+    assert summary["all"]["leak_rate"] == pytest.approx(1 / len(attacks))  # the stub's one SHIT reading
+    assert summary["benign"]["false_positive_rate"] == 0 and summary["near_miss"]["false_positive_rate"] == 0
+    assert result["leaks"][0]["leak"] == "shit" and (tmp_path / "results.md").exists()
+    assert "| quotes |" in (tmp_path / "results.md").read_text() and (tmp_path / "grid.png").exists()
+    run_attack_bench(pipe, attacks, benign, ["shit"], tmp_path, **kwargs)
+    assert ocr.calls == 1 and len(read_jsonl(tmp_path / "records.jsonl")) == len(attacks)  # resumed
