@@ -210,8 +210,10 @@ def build_app(pipe: Any, *, model_name: str = "embedded", ocr: Any = "rapidocr",
                 edit_btn = gr.Button("Edit", variant="primary", elem_id="edit-btn")
                 edit_status = gr.Markdown(elem_id="edit-status")
             with gr.Column(scale=3):
-                side_img = gr.Image(label="Source and edited, side by side", type="pil", format="png",
-                                    interactive=False, buttons=["download", "fullscreen"], elem_id="side-by-side")
+                # no floating label: it would hide the image's own "source" caption
+                side_img = gr.Image(label="Source and edited, side by side", show_label=False, type="pil",
+                                    format="png", interactive=False, buttons=["download", "fullscreen"],
+                                    elem_id="side-by-side")
                 side_download = gr.DownloadButton("Download the side-by-side image (PNG)", interactive=False,
                                                   elem_id="side-by-side-download", size="sm")
                 metrics_md = gr.Markdown(elem_id="metrics")
