@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from textloc.core.engine import generate
+from textloc.core.hooks import leftovers, registered_hooks
 from textloc.core.layers import get_denoiser, list_text_layers, model_fingerprint
 from textloc.core.plan import PatchPlan
 from textloc.errors import (
@@ -78,6 +79,8 @@ def test_invariants(arch: str, layout: str, mode: str) -> None:
     target_image = run(pipe, arch, TARGET, **LAYOUTS[layout])
     patched = run(pipe, arch, SOURCE, everything, **opts)
     np.testing.assert_allclose(patched, target_image, atol=ONE_PASS_ATOL, rtol=0)
+    # 5. Nothing the engine registered outlives the run.
+    assert leftovers(get_denoiser(pipe)) == []
 
 
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
@@ -111,13 +114,26 @@ def test_one_pass_needs_per_image_generators() -> None:
 
 @pytest.mark.parametrize("arch", TINY_ARCHITECTURES)
 def test_cond_branch_only_differs_from_both(arch: str) -> None:
+    """Patching only the conditional branch vs both, with CFG. The unconditional branch reads the negative
+    prompt in the target run too, so where text K/V are static (cross-attention, IF) patching it is a no-op
+    and the images are bit-identical; where they evolve with the image (MMDiT, FLUX) the target run's
+    unconditional K/V differ, so the images must differ. Without CFG there is only the conditional branch:
+    the same run. FLUX runs its branches as separate calls labelled by `cache_context`; the others batch
+    [uncond, cond]."""
     pipe = tiny(arch)
-    names = [layer.name for layer in list_text_layers(pipe)]
-    both = run(pipe, arch, SOURCE, PatchPlan(layers=names, target_prompt=TARGET, branches="both"))
-    cond = run(pipe, arch, SOURCE, PatchPlan(layers=names, target_prompt=TARGET, branches="cond"))
-    plain = run(pipe, arch, SOURCE)
-    assert not np.array_equal(cond, plain)
-    assert cond.shape == both.shape
+    layers = list_text_layers(pipe)
+    names = [layer.name for layer in layers]
+    both_plan = PatchPlan(layers=names, target_prompt=TARGET, branches="both")
+    cond_plan = PatchPlan(layers=names, target_prompt=TARGET, branches="cond")
+    # Two-pass: the same arithmetic in both runs, so any difference comes from the unconditional rows' values.
+    both, cond = (run(pipe, arch, SOURCE, plan, mode="two-pass") for plan in (both_plan, cond_plan))
+    assert not np.array_equal(cond, run(pipe, arch, SOURCE))
+    if all(layer.static for layer in layers):
+        assert np.array_equal(cond, both)
+    else:
+        assert not np.array_equal(cond, both)
+    no_cfg = {"cfg": False, "mode": "two-pass"}
+    assert np.array_equal(run(pipe, arch, SOURCE, cond_plan, **no_cfg), run(pipe, arch, SOURCE, both_plan, **no_cfg))
 
 
 @pytest.mark.parametrize("arch", ["sd15", "sd3", "flux"])
@@ -139,10 +155,42 @@ def _hook_counts(pipe) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in get_denoiser(pipe).modules())
 
 
+def _module_state(pipe) -> dict[str, set[str]]:
+    """Every module's instance attributes: a hook lifecycle that cleans up leaves them exactly as they were."""
+    return {name: set(m.__dict__) for name, m in get_denoiser(pipe).named_modules()}
+
+
+@pytest.mark.parametrize("arch", ["sd15", "if1", "flux"])
+def test_hooks_are_named_in_the_registry_during_the_run_and_gone_after(arch: str) -> None:
+    """Engine hooks sit in diffusers' HookRegistry under their names while the pipeline runs (text K/V
+    projections, denoiser, IF's pooled module); afterwards every module has the attributes it had before."""
+    pipe = tiny(arch)
+    denoiser = get_denoiser(pipe)
+    names = [layer.name for layer in list_text_layers(pipe)]
+    run(pipe, arch, SOURCE)  # a plain run first: what the pipeline itself leaves (FLUX's cache_context) stays
+    before = _module_state(pipe)
+    seen: dict[str, list[str]] = {}
+    spy = denoiser.register_forward_pre_hook(lambda *_: seen.update(registered_hooks(denoiser)))
+    plan = PatchPlan(layers=names[:1], target_prompt=TARGET, pooled=arch in HAS_POOLED)
+    kwargs = {**tiny_call_kwargs(arch), "num_inference_steps": 2, "generator": [torch.Generator().manual_seed(0)]}
+    try:
+        generate(pipe, SOURCE, plan, mode="two-pass", **kwargs)
+    finally:
+        spy.remove()
+    layer = list_text_layers(pipe)[0]
+    assert seen.pop("") == ["textloc.engine.denoiser"]
+    expected = {f"{layer.name}.{layer.key_proj}", f"{layer.name}.{layer.value_proj}"}
+    if arch == "if1":
+        expected.add("add_embedding")
+    assert set(seen) == expected
+    assert _module_state(pipe) == before and leftovers(denoiser) == []
+
+
 def test_restored_after_exception() -> None:
     pipe = tiny("sd15")
     processors = dict(get_denoiser(pipe).attn_processors)
     hooks_before = _hook_counts(pipe)
+    state_before = _module_state(pipe)
     names = [layer.name for layer in list_text_layers(pipe)]
 
     def boom(*_args, **_kwargs):
@@ -153,6 +201,7 @@ def test_restored_after_exception() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         generate(pipe, SOURCE, PatchPlan(layers=names, target_prompt=TARGET), **kwargs)
     assert _hook_counts(pipe) == hooks_before
+    assert _module_state(pipe) == state_before and leftovers(get_denoiser(pipe)) == []
     after = get_denoiser(pipe).attn_processors
     assert all(after[k] is v for k, v in processors.items())
     plain = run(pipe, "sd15", SOURCE)

@@ -148,16 +148,16 @@ def test_cfg_branch_labels() -> None:
 
 @pytest.mark.parametrize("one_pass", [False, True])
 def test_rows_follow_the_label_where_set_and_the_layout_otherwise(one_pass: bool) -> None:
-    """A labelled "uncond" call made first gets no rows under branches="cond"; without the label the
-    layout fallback (separate calls, conditional first) would have patched it."""
+    """A labelled "uncond" call gets no rows under branches="cond"; an unlabelled call of ``n`` rows is the
+    conditional branch alone, whatever its order within the step (PNDM repeats a timestep)."""
     n = 2
     setup = PatchSetup(PatchPlan(layers=[0], branches="cond"), (), n, one_pass=one_pass)
     batch = 2 * n if one_pass else n
     sources = list(range(n))
     assert setup.rows(DenoiserCall(0, 0, batch, "uncond"))[0] == []
     assert setup.rows(DenoiserCall(0, 1, batch, "cond"))[0] == sources
-    assert setup.rows(DenoiserCall(0, 0, batch, None))[0] == sources  # fallback: first call = cond
-    assert setup.rows(DenoiserCall(0, 1, batch, None))[0] == []
+    assert setup.rows(DenoiserCall(0, 0, batch, None))[0] == sources
+    assert setup.rows(DenoiserCall(0, 1, batch, None))[0] == sources
     assert setup.rows(DenoiserCall(0, 0, 2 * batch, "cond_uncond"))[0] == [r + batch for r in sources]
     both = PatchSetup(PatchPlan(layers=[0]), (), n, one_pass=one_pass)
     assert both.rows(DenoiserCall(0, 0, batch, "uncond"))[0] == sources

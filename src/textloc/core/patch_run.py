@@ -69,8 +69,9 @@ class PatchSetup:
         """Halves (0 = uncond/only, 1 = cond) of a batch of ``n``-row halves to patch, per the CFG policy.
 
         A call the pipeline labels (``cache_context``) is one branch: the label decides. Otherwise the batch
-        layout does: ``2n`` rows = diffusers' ``[uncond, cond]``; ``n`` rows = no CFG in the batch (guidance
-        off, or unlabelled separate calls, the conditional one first).
+        layout does: ``2n`` rows = diffusers' ``[uncond, cond]``; ``n`` unlabelled rows = the conditional
+        branch alone (guidance off). Call order is never read: a scheduler may repeat a timestep (PNDM), and
+        pipelines that run the branches as separate calls label them.
         """
         cond_only = self.plan.branches == COND
         if call.batch == n and call.branch is not None:
@@ -78,7 +79,7 @@ class PatchSetup:
         if call.batch == 2 * n:
             return [1] if cond_only else [0, 1]
         if call.batch == n:
-            return [0] if not cond_only or call.call == 0 else []
+            return [0]
         raise PlanMismatchError(f"Expected a denoiser batch of {n} or {2 * n} rows, but got {call.batch}")
 
     def _rows(self, call: DenoiserCall) -> list[int]:
