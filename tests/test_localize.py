@@ -296,7 +296,10 @@ def test_the_reader_comes_from_the_model_profile(tmp_path, monkeypatch) -> None:
     assert {r["exact"] for r in result.records} == {True, False}  # CAT is the target of one pair only
 
 
-@pytest.mark.parametrize("search", ["exhaustive", "adaptive"])
+_SLOW = [pytest.mark.slow, pytest.mark.skipif(not os.environ.get("RUN_SLOW"), reason="slow: RUN_SLOW=1")]
+
+
+@pytest.mark.parametrize("search", ["exhaustive", pytest.param("adaptive", marks=_SLOW)])
 def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path, search) -> None:
     """Kill a localization process with SIGKILL after a few records, re-run: records equal a clean run's."""
     _stub_module(tmp_path)

@@ -256,17 +256,21 @@ class Localizer:
             self.folder.extend(records, name=self._results_name())
 
     def _run_variants(self, variants: list[tuple[str, list[str]]], desc: str,
-                      pairs: list[PromptPair] | None = None, chunk: int | None = None) -> None:
+                      pairs: list[PromptPair] | None = None, chunk: int | None = None, fill: bool = False) -> None:
         """Make every missing (variant, pair) record of ``variants`` x ``pairs`` (default: all pairs).
 
         Work items are fixed by the arguments alone (chunks of ``chunk`` pairs x groups of variants filling a
-        batch), so a resumed run makes the same items with the same batch composition.
+        batch), so a resumed run makes the same items with the same batch composition. The sweep sizes groups
+        for a full chunk; ``fill`` sizes them for each chunk's actual pairs (the adaptive search's short
+        rounds then still fill a batch of ``batch_size`` rows).
         """
         pairs = self.pairs if pairs is None else pairs
         chunk = max(1, chunk or self.config.chunk_size)
-        group = max(1, self.config.batch_size // chunk)
-        items = [(variants[g : g + group], pairs[i : i + chunk]) for i in range(0, len(pairs), chunk)
-                 for g in range(0, len(variants), group)]
+        items = []
+        for i in range(0, len(pairs), chunk):
+            chunk_pairs = pairs[i : i + chunk]
+            group = max(1, self.config.batch_size // (len(chunk_pairs) if fill else chunk))
+            items += [(variants[g : g + group], chunk_pairs) for g in range(0, len(variants), group)]
         for group_variants, item_pairs in items:
             if any(v == "none" for v, _ in group_variants):
                 for pair in item_pairs:
@@ -311,7 +315,7 @@ class Localizer:
         """The search's callback: (exact, F1) of every variant on the pairs ``indices``, from the records where
         they exist (resume), else generated, scored and appended (same items and batching as the sweep)."""
         pairs = [self.pairs[i] for i in indices]
-        self._run_variants(variants, desc, pairs)
+        self._run_variants(variants, desc, pairs, fill=True)
         return {v: [(float(self.records[(v, p.key)]["exact"]), float(self.records[(v, p.key)]["f1"]))
                     for p in pairs] for v, _ in variants}
 
