@@ -58,8 +58,8 @@ def offered_models(loaders: Mapping[str, Loader], current: str) -> dict[str, Loa
             continue
         try:
             pipe = loader()
-        except (TextlocError, OSError, ValueError, ImportError) as err:
-            log.info("textloc ui: not offering %s (%s)", name, str(err).splitlines()[0] if str(err) else err)
+        except Exception as err:  # any failure: a model that does not load must not take the app down
+            log.warning("textloc ui: not offering %s (%s)", name, str(err).splitlines()[0] if str(err) else err)
             continue
         del pipe
         gc.collect()
