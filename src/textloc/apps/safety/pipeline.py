@@ -99,12 +99,6 @@ class SafeTextPipeline:
         return_dict = kwargs.pop("return_dict", True)
         if "prompt_embeds" in kwargs:
             raise InputError("SafeTextPipeline needs prompts, not prompt_embeds (it must read the text)")
-        if kwargs.get("negative_prompt") is not None:
-            negatives = kwargs["negative_prompt"]
-            for report in self.check(negatives if isinstance(negatives, str) else list(negatives)):
-                if report.flagged:
-                    raise InputError("SafeTextPipeline checks negative prompts too: "
-                                     f"{report.findings[0].text!r} is flagged")
         reports = self.check(prompt)
         self.last_reports = reports
         if not any(r.flagged for r in reports):
@@ -118,7 +112,6 @@ class SafeTextPipeline:
                 if report.flagged:
                     report.layers = list(self.layers)
                     report.fired = result.fired
-                    report.generated = True
         for report in reports:
             report.generated = True
         return SafeTextOutput(images, reports) if return_dict else (images,)
