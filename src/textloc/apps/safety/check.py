@@ -304,9 +304,9 @@ def check_prompt(prompt: str, detector: Detector, replacers: Sequence[Replacer] 
         if not left:
             break
         # Replacements made a new harmful reading (or a spread survived): the whole region, default word.
-        redo = [Replacement(f.text, "" if f.blank else safe_default(f, budgets[0] if budgets else None, limits,
-                                                                    detector, DefaultReplacer()), "default",
-                            note="re-check flagged the protected text") for f in left]
+        redo = [Replacement(f.text, "" if f.blank else safe_default(f, budget, limits, detector, DefaultReplacer()),
+                            "default", note="re-check flagged the protected text")
+                for f, budget in zip(left, _budgets(left, limits), strict=True)]
         safe = apply_replacements(safe, left, redo)
         all_findings += left
         all_replacements += redo
