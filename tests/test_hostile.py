@@ -237,8 +237,7 @@ CASES = [
     case("finetune-mixed-precision-bogus", [*F, "--mixed-precision", "fp3"]),
     case("finetune-target-bogus", [*F, "--target", "bogus"]),
     case("finetune-corrupt-checkpoint", ["finetune", "-o", "{in}/run_corrupt_checkpoint", *TINY, "--steps", "2",
-                                         "--batch-size", "1"], kind="line",
-         xfail="apps/finetune writes config.json into --out before it reads (and rejects) the corrupt checkpoint"),
+                                         "--batch-size", "1"], kind="line"),
     # -- train-embedded ------------------------------------------------------------------------------------
     case("train-embedded-unknown-option", [*T, "--bogus"]),
     case("train-embedded-max-minutes-0", [*T, "--max-minutes", "0"]),
@@ -249,9 +248,7 @@ CASES = [
     case("train-embedded-config-array", [*T, "--config", "{in}/array.json"], kind="line"),
     case("train-embedded-config-unknown-keys", [*T, "--config", "{in}/unknown.json"], kind="line"),
     case("train-embedded-corrupt-checkpoint", ["train-embedded", "--out", "{in}/run_corrupt_checkpoint",
-                                               "--max-minutes", "0.01"], kind="line",
-         xfail="models/embedded/train.train writes train_config.json and log.jsonl into --out before it reads "
-               "(and rejects) the corrupt checkpoint"),
+                                               "--max-minutes", "0.01"], kind="line"),
     case("train-embedded-out-is-a-file", ["train-embedded", "--out", "{in}/a_file"], kind="line"),
     # -- eval-embedded -------------------------------------------------------------------------------------
     case("eval-embedded-n-0", [*EV, "--n", "0"]),
@@ -402,8 +399,6 @@ def test_write_failure_is_one_line(number: int, tmp_path: Path, monkeypatch: pyt
     _failing_generate(number, tmp_path, monkeypatch, capsys)
 
 
-@pytest.mark.xfail(strict=True, reason="runs.io.atomic_write_bytes leaves its .NAME.PID.tmp file when the write "
-                                       "fails (no unlink on error); fix belongs in textloc/runs/io.py")
 @pytest.mark.parametrize("number", [errno.ENOSPC], ids=["ENOSPC"])
 def test_write_failure_leaves_no_partial_file(number: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                               capsys: pytest.CaptureFixture[str]) -> None:

@@ -135,10 +135,11 @@ def finetune(
     # 2. The run folder: a fresh start forgets the previous run's state; a resume must match it.
     if main and not resume:
         _start_over(out)
+    # A damaged or mismatched checkpoint stops the run here, before the run folder writes anything.
+    meta = state.read_checkpoint_meta(out, run_key, config.steps) if resume else None
     folder = RunFolder(out, command=COMMAND, config=run_key, inputs=dataset.inputs) if main else None
     with folder if folder is not None else contextlib.nullcontext():
         accelerator.wait_for_everyone()
-        meta = state.read_checkpoint_meta(out, run_key, config.steps) if resume else None
         if main:
             logger.info("data: %s", dataset.report.summary())
             if meta is None:  # nothing to resume: a log or state left by a run killed before its first save

@@ -29,6 +29,7 @@ from textloc.models.embedded.pipeline import EmbeddedTextPipeline, build_untrain
 from textloc.models.embedded.tokenizer import make_prompt
 from textloc.models.embedded.words import TRAIN_WORDS
 from textloc.runs.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from textloc.runs.io import atomic_write_text
 
 
 @dataclass
@@ -119,8 +120,6 @@ def _sample_grid(pipe: EmbeddedTextPipeline, path: Path, seed: int = 0) -> None:
 def train(config: TrainConfig, out_dir: str | Path, max_minutes: float | None = None) -> Path:
     """Train (or resume) in ``out_dir``; returns the folder of the exported EMA pipeline."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(asdict(config), indent=1))
     if config.threads:
         torch.set_num_threads(config.threads)
     pipe = build_untrained(config.seed, **config.unet_overrides)
@@ -135,9 +134,11 @@ def train(config: TrainConfig, out_dir: str | Path, max_minutes: float | None = 
     step = 0
     ckpt = out / "checkpoint"
     modules = {"unet": unet, "text_encoder": text_encoder}
-    log = (out / "log.jsonl").open("a")
-    if checkpoint_exists(ckpt):
+    if checkpoint_exists(ckpt):  # read (and reject a damaged one) before anything is written
         step = int(load_checkpoint(ckpt, modules=modules, optimizer=optimizer, ema=ema)["step"])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "train_config.json", json.dumps(asdict(config), indent=1))
+    log = (out / "log.jsonl").open("a")
     start_time, start_step = time.time(), step
     bar = tqdm(total=config.max_steps, initial=step, desc="train-embedded", dynamic_ncols=True)
     coords = None

@@ -35,6 +35,7 @@ from textloc.models.embedded.train import TrainConfig as UNetTrainConfig
 from textloc.models.embedded.train import sample_batch
 from textloc.models.embedded_mmdit.pipeline import EmbeddedMMDiTPipeline, build_untrained, encode_text
 from textloc.runs.checkpoint import checkpoint_exists, load_checkpoint, save_checkpoint
+from textloc.runs.io import atomic_write_text
 
 
 @dataclass
@@ -131,8 +132,6 @@ def train(config: TrainConfig, out_dir: str | Path, max_minutes: float | None = 
           progress: bool = True) -> Path:
     """Train (or resume) in ``out_dir``; returns the folder of the exported EMA pipeline."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(asdict(config), indent=1))
     if config.threads:
         torch.set_num_threads(config.threads)
     pipe = build_untrained(config.seed, **config.transformer_overrides)
@@ -148,8 +147,10 @@ def train(config: TrainConfig, out_dir: str | Path, max_minutes: float | None = 
     step = 0
     ckpt = out / "checkpoint"
     if checkpoint_exists(ckpt):
-        meta = load_checkpoint(ckpt, modules=modules, optimizer=optimizer, ema=ema)
+        meta = load_checkpoint(ckpt, modules=modules, optimizer=optimizer, ema=ema)  # before anything is written
         step = int(meta["step"])
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "train_config.json", json.dumps(asdict(config), indent=1))
     start_time, start_step, last_save = time.time(), step, time.time()
     losses: list[float] = []
     bar = None
