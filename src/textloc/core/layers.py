@@ -4,7 +4,7 @@ Per-class facts (how a text-reading module looks, which projections make its tex
 ``textloc.core.arch.ARCHITECTURES``; this module turns them into the ``TextLayer`` table every application
 uses, and into ``model_fingerprint``, the string plans, localizations and presets are checked against.
 
-Execution order is found by tracing one forward pass of the denoiser on tiny dummy inputs with pre-hooks on
+Execution order is found by tracing one forward pass of the denoiser on tiny dummy inputs with named hooks on
 every candidate module -- never by sorting names: a U-Net registers ``up_blocks`` before ``mid_block``. The
 trace also runs on the ``meta`` device, so the table of a model can be read from its config.json alone.
 """
@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from diffusers.hooks import ModelHook
 from torch import nn
 
 from textloc.core.arch import (
@@ -32,6 +33,7 @@ from textloc.core.arch import (
     Architecture,
     architecture_of,
 )
+from textloc.core.hooks import attach_hooks
 from textloc.errors import UnknownLayerError, UnsupportedModelError
 
 __all__ = [
@@ -77,28 +79,34 @@ def get_denoiser(model: Any) -> nn.Module:
     )
 
 
+TRACE_HOOK = "textloc.layers.trace"
+
+
 def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _trace_order(denoiser: nn.Module, names: list[str]) -> list[str]:
-    """Module names in the order one forward pass first calls them."""
-    order: list[str] = []
-    handles = []
-    modules = dict(denoiser.named_modules())
-    for name in names:
-        def hook(_module: nn.Module, _args: Any, _name: str = name) -> None:
-            if _name not in order:
-                order.append(_name)
+class _FirstCall(ModelHook):
+    """Notes the module's name the first time it runs (execution order of a traced pass)."""
 
-        handles.append(modules[name].register_forward_pre_hook(hook))
+    def __init__(self, order: list[str], name: str) -> None:
+        super().__init__()
+        self.order, self.name = order, name
+
+    def pre_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple, dict]:
+        if self.name not in self.order:
+            self.order.append(self.name)
+        return args, kwargs
+
+
+def _trace_order(denoiser: nn.Module, names: list[str]) -> list[str]:
+    """Module names in the order one forward pass first calls them (named hooks, removed after the pass)."""
+    order: list[str] = []
+    modules = dict(denoiser.named_modules())
+    entries = [(modules[name], TRACE_HOOK, _FirstCall(order, name)) for name in names]
     args, kwargs = architecture_of(denoiser).dummy_inputs(denoiser)
-    try:
-        with torch.no_grad():
-            denoiser(*args, **kwargs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with attach_hooks(entries, root=denoiser), torch.no_grad():
+        denoiser(*args, **kwargs)
     missing = [n for n in names if n not in order]
     return order + missing  # layers a dummy pass skipped keep their registration order at the end
 
