@@ -206,13 +206,24 @@ def train_embedded(
                                                        "later)", 0.0, 1e6, low_open=True)] = None,
     export: Annotated[Path | None, out_dir_option("copy the final EMA pipeline here", flag="--export",
                                                   short=None)] = None,
+    model: Annotated[str, typer.Option("--model", help="which embedded model: unet (the default, "
+                                       "`embedded`) or mmdit (`embedded-mmdit`, SD3-style joint attention)")] = "unet",
 ) -> None:
-    """Train (or resume training) the embedded model with the committed recipe."""
+    """Train (or resume training) an embedded model with its committed recipe."""
     import shutil
 
-    from textloc.models.embedded.train import TrainConfig, train
+    packages = {"unet": "embedded", "embedded": "embedded", "mmdit": "embedded_mmdit",
+                "embedded-mmdit": "embedded_mmdit"}
+    if model not in packages:
+        raise InputError(f"Expected --model in unet, mmdit, but got {model!r}")
+    if model in ("mmdit", "embedded-mmdit"):
+        from textloc.models.embedded_mmdit.train import TrainConfig, train
+    else:
+        from textloc.models.embedded.train import TrainConfig, train
+    if model in ("mmdit", "embedded-mmdit") and out == Path("runs/embedded"):
+        out = Path("runs/embedded-mmdit")
 
-    cfg_path = config or Path(__file__).parents[1] / "models" / "embedded" / "train_config.json"
+    cfg_path = config or Path(__file__).parents[1] / "models" / packages[model] / "train_config.json"
     try:
         cfg = TrainConfig.load(cfg_path)
     except (json.JSONDecodeError, TypeError, KeyError, ValueError) as err:
