@@ -137,6 +137,9 @@ class ModelProfile:
     edit_pairs: Callable[[str, int | None, int], list[Any]] | None = field(default=None, repr=False)
     #: (prompt, new text) edits this model draws well: the web app's clickable examples (empty: generic ones)
     examples: tuple[tuple[str, str], ...] = ()
+    #: ``encode_image(pipe, pixels)`` -> the latents the denoiser works on, from pixels (1, 3, H, W) in [-1, 1]
+    #: (image inversion, ``apps.edit.invert``); ``None``: the pipeline's VAE (latent models)
+    encode_image: Callable[[Any, Any], Any] | None = field(default=None, repr=False)
 
     # -- what applications ask -------------------------------------------------------------------------
     def reader(self, ocr: str = "rapidocr") -> Any:

@@ -65,6 +65,11 @@ def rendered_text(prompt: str) -> list[str]:
     return rendered_strings(prompt)
 
 
+def encode_image(pipe: Any, pixels: Any) -> Any:
+    """Pixel space: the denoiser's "latents" are the image itself in [-1, 1] (image inversion)."""
+    return pixels
+
+
 def _load(directory: Any = None) -> Any:
     from textloc.models.loading import load_embedded
 
@@ -91,5 +96,6 @@ PROFILE = register_profile(
         edit_benchmarks=benchpairs.BENCHMARKS,
         edit_pairs=benchpairs.edit_pairs,
         examples=EXAMPLES,
+        encode_image=encode_image,
     )
 )
