@@ -389,6 +389,12 @@ def test_benchmark_validation_split_reads_shared_files() -> None:
         ("\n\n", [], "is empty"),
         (None, ["--prompts", "nosuchbench"], "Unknown benchmark"),
         ('a sign that says "A"\na sign that says "B"\n', ["--ocr", "nosuchocr"], "nosuchocr"),
+        (None, ["--search", "greedy"], "--search"),
+        (None, ["--until", "never"], "--until"),
+        (None, ["--delta", "1"], "--delta"),
+        ('a sign that says "A"\na sign that says "B"\n', ["--heads", "99"],
+         "Unknown text layer 99"),
+        ('a sign that says "A"\na sign that says "B"\n', ["--heads", ","], "--heads"),
     ],
 )
 def test_cli_bad_input(tmp_path, monkeypatch, capsys, content, extra, message) -> None:

@@ -41,6 +41,7 @@ and a run is deterministic for a given seed and resumable from its records.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -60,11 +61,17 @@ def clopper_pearson(successes: float, n: int, alpha: float) -> tuple[float, floa
 
     ``successes`` may be fractional only in the degenerate sense of a mean times ``n``; it is rounded.
     """
-    from scipy.stats import beta
-
     if n <= 0:
         return 0.0, 1.0
-    k = int(round(successes))
+    return _clopper_pearson(int(round(successes)), n, alpha)
+
+
+@functools.lru_cache(maxsize=65536)
+def _clopper_pearson(k: int, n: int, alpha: float) -> tuple[float, float]:
+    # Cached: a search asks for the same (k, n, alpha) many times (every zero-rate layer at every round), and
+    # the simulator replays thousands of searches; scipy's beta quantile is the cost.
+    from scipy.stats import beta
+
     lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
     hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
     return lo, hi
