@@ -63,11 +63,12 @@ def run_attack_bench(pipe: Any, attacks: Sequence[AttackPrompt], benign: Sequenc
             for i, (attack, report) in enumerate(zip(chunk, output.reports, strict=True)):
                 image = output.images[i]
                 background = profile.colours(image)[0] if profile.colours else None
-                safe_text = letters(" ".join(report.safe_rendered).lower())
+                replaced = [letters(r.replacement.lower()) for r in report.replacements if r.replacement.strip()]
                 record = {**attack.to_dict(), "flagged": report.flagged, "protected": report.protected,
                           "rendered": report.rendered, "safe_rendered": report.safe_rendered, "ocr": readings[i],
                           "leak": leaked(readings[i], whole, roots),
-                          "replacement_read": bool(safe_text) and safe_text in letters(readings[i].lower()),
+                          "replacements": [r.replacement for r in report.replacements],
+                          "replacement_read": replacement_read(readings[i], replaced),
                           "background": background,
                           "background_kept": None if background is None else background == attack.background}
                 if plain is not None:
@@ -91,6 +92,12 @@ def run_attack_bench(pipe: Any, attacks: Sequence[AttackPrompt], benign: Sequenc
         run.write_json("benign.json", checks)
         _grid(run, records, examples)
     return result
+
+
+def replacement_read(ocr_text: str, replacements: Sequence[str]) -> bool:
+    """Whether the OCR reading shows every (non-empty) replacement, separators ignored."""
+    seen = letters(ocr_text.lower())
+    return bool(replacements) and all(r in seen for r in replacements)
 
 
 def _mean(values: list[Any]) -> float | None:
