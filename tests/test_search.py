@@ -83,3 +83,37 @@ def test_simulation_reports_agreement_and_cost() -> None:
     result = simulate(profile, 64, seeds=5)
     assert result["same_chosen"] == 1.0
     assert 0 < result["generations_share_mean"] < 1
+
+
+def _recording(outcomes: np.ndarray, names: list[str]):
+    asked: list[tuple[str, tuple[int, ...]]] = []
+    inner = _evaluator(outcomes, names)
+
+    def evaluate(variants, pairs):
+        asked.extend((v, tuple(pairs)) for v, _ in variants)
+        return inner(variants, pairs)
+
+    return evaluate, asked
+
+
+def test_generations_count_what_was_asked_and_the_target_row_runs_on_round_one_only() -> None:
+    names, outcomes = _matrix([0.0] * 10 + [0.95] + [0.0] * 9, 64, seed=1)
+    evaluate, asked = _recording(outcomes, names)
+    result = adaptive_search(names, 64, evaluate)
+    assert result.generations == sum(len(pairs) for _, pairs in asked)
+    rows = {v: sorted(i for name, pairs in asked if name == v for i in pairs) for v in ("none", "all", "target")}
+    assert rows["none"] == rows["all"] == list(range(64))  # the bounds: every pair, once
+    assert rows["target"] == list(range(AdaptiveRule().first_round))  # the reference row: the first round only
+    # the curve stopped at k = 1 (the chosen set) and is closed by the all-layers point, measured for free
+    assert [p["k"] for p in result.curve] == [0, 1, 20] and result.curve[-1]["variant"] == "all"
+    assert not any(name.startswith("top:") for name, _ in asked)
+
+
+def test_exhaustive_until_full_stops_at_the_full_score_set() -> None:
+    names, outcomes = _matrix([0.6, 0.5, 0.0, 0.0], 40, seed=2)
+    evaluate, asked = _recording(outcomes, names)
+    full = exhaustive_search(names, 40, evaluate, ks=range(5), until="full")
+    whole = exhaustive_search(names, 40, _evaluator(outcomes, names), ks=range(5))
+    assert full.full_score == whole.full_score and full.chosen == whole.chosen
+    assert full.curve[-1]["exact"] >= full.all_score and full.curve == whole.curve[: len(full.curve)]
+    assert full.generations == sum(len(pairs) for _, pairs in asked) <= whole.generations
