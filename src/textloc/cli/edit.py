@@ -100,10 +100,77 @@ class _EditProgress:
         self.progress.update(self.tasks[phase], completed=step)
 
 
+def _edit_image(*, image: Path, to: str, out: Path, model: str, prompt: str | None, old_text: str | None,
+                layers: str, start_step: int | None, span: int, steps: int | None, guidance: float | None, ocr: str,
+                renoise: int, blend: bool, source_dir: Path | None, allow_miss: bool) -> None:
+    """``textloc edit --image``: invert a real image, reconstruct it and patch it (``apps.edit.image_edit``)."""
+    from textloc.apps.edit import outputs
+    from textloc.apps.edit.edit import check_new_text, quoted_spans, replace_quoted
+    from textloc.apps.edit.image_edit import edit_image
+    from textloc.apps.edit.invert import image_array
+    from textloc.apps.edit.verdict import MISS_EXIT_CODE, verdict_of
+    from textloc.core.layers import model_fingerprint
+    from textloc.errors import InputError
+    from textloc.models.loading import load_pipeline
+    from textloc.models.profiles import profile_for
+    from textloc.runs.grids import auto_scale, image_grid
+
+    # 1. Check every option before a model loads.
+    if source_dir is not None:
+        raise InputError("--source-dir reuses a generated source; it does not apply with --image")
+    text = check_new_text(None, to)
+    if prompt is not None:
+        replace_quoted(prompt, text, span)
+        check_new_text(None, text, quoted_spans(prompt)[span])
+    if old_text is not None:
+        check_new_text(None, text, old_text)
+    if prompt is None and old_text is None and ocr == "none":
+        raise InputError("Give --text (what the image shows) or --prompt when --ocr is none")
+    _check_steps(steps)
+    outputs.check_out(out)
+    picture = image_array(image, None)  # unreadable file: one line, nothing loaded
+    reader = _ocr_or_none(ocr)
+
+    # 2. Load, edit, judge, write everything or nothing.
+    pipe = load_pipeline(model)
+    profile = profile_for(pipe)
+    with _EditProgress() as progress:
+        result = edit_image(pipe, picture, text, text=old_text, prompt=prompt, span=span, layers=layers,
+                            start_step=start_step, num_inference_steps=steps, guidance_scale=guidance,
+                            renoise=renoise, blend=blend, ocr=reader, on_step=progress)
+    n_steps = result.inversion.num_inference_steps
+    verdict = verdict_of(result.metrics, target_text=result.target_text, start_step=result.plan.start_step,
+                         num_inference_steps=n_steps, default_layers=layers in ("preset", "auto"),
+                         colours_judged=profile.colours is not None)
+    row = [result.source_image, result.reconstruction_image, result.edited_image]
+    side = image_grid([row], labels=[[f'source "{result.source_text}"', "reconstruction",
+                                      f'edited "{result.target_text}"']],
+                      scale=auto_scale(row), pad=4, label_height=20)
+    config = outputs.edit_config(model=model, model_fingerprint=model_fingerprint(pipe), prompt=result.prompt,
+                                 seed=0, steps=n_steps, guidance=result.inversion.guidance_scale, to=text, span=span,
+                                 layers=list(result.plan.layers), start_step=result.plan.start_step)
+    config.update(image=str(image), renoise=renoise, blend=blend)
+    outputs.write_edit_folder(out, {
+        "source.png": result.source_image, "reconstruction.png": result.reconstruction_image,
+        "edited.png": result.edited_image, "side_by_side.png": side, "plan.json": result.plan.to_dict(),
+        "metrics.json": {"model": model, **result.to_dict(), "verdict": verdict.to_dict()},
+        outputs.CONFIG_NAME: config,
+    })
+    m = result.metrics
+    typer.echo(f'edit "{result.source_text}" -> "{result.target_text}" of {image}: reconstruction PSNR '
+               f'{_fmt(m["reconstruction"]["psnr"])} dB, read {_fmt(m.get("read"))}, exact {_fmt(m.get("exact"))}, '
+               f'PSNR vs source {_fmt(m["psnr"])} dB')
+    typer.echo(f"wrote {out}/source.png, reconstruction.png, edited.png, side_by_side.png, plan.json, metrics.json")
+    typer.echo(verdict.line())
+    if verdict.missed:
+        typer.echo(verdict.miss_message())
+        if not allow_miss:
+            raise typer.Exit(code=MISS_EXIT_CODE)
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def edit(
-        prompt: Annotated[str, typer.Option("--prompt", "-p", help='source prompt with the text in quotes')],
         to: Annotated[str, typer.Option("--to", help="the new text")],
         out: Annotated[Path, typer.Option("--out", "-o", help="output folder (new, empty or an earlier edit's)")],
         model: ModelOpt = "embedded",
@@ -119,8 +186,23 @@ def register(app: typer.Typer) -> None:
             "--source-dir", help="reuse the source image of an earlier edit's --out (same prompt, seed, steps, model)"
         )] = None,
         allow_miss: Annotated[bool, typer.Option("--allow-miss", help="exit 0 even when the edit missed")] = False,
+        prompt: Annotated[str | None, typer.Option(
+            "--prompt", "-p", help='source prompt with the text in quotes (with --image: optional)')] = None,
+        image: Annotated[Path | None, typer.Option(
+            "--image", help="edit this (real) image: inverted to the model's noise, then patched")] = None,
+        old_text: Annotated[str | None, typer.Option(
+            "--text", help="with --image: the text the image shows (default: read by OCR)")] = None,
+        renoise: Annotated[int, count_option(
+            "--renoise", "with --image: fixed-point iterations per inversion step (0 = plain inversion)",
+            low=0, high=20)] = 0,
+        blend: Annotated[bool, typer.Option(
+            "--blend/--no-blend", help="keep the source outside the text mask from the localized layers' attention"
+        )] = False,
     ) -> None:
         """Change the text an image renders, keeping the rest (patches only the localized layers).
+
+        With --image IMG the image is inverted (DDIM/Euler, optional ReNoise refinement) and the patch runs from
+        its noise; the prompt is --prompt or 'a sign that says "OLD"' with OLD from --text or OCR.
 
         Prints a verdict: the OCR reading of the new text, whether the background and the text colour were
         kept. Exit codes: 0 the edit worked (or --allow-miss); 2 bad input; 3 the edit missed (text not read
@@ -138,6 +220,15 @@ def register(app: typer.Typer) -> None:
         from textloc.models.profiles import profile_for
         from textloc.runs.grids import auto_scale, image_grid
 
+        if image is not None:
+            _edit_image(image=image, to=to, out=out, model=model, prompt=prompt, old_text=old_text, layers=layers,
+                        start_step=start_step, span=span, steps=steps, guidance=guidance, ocr=ocr, renoise=renoise,
+                        blend=blend, source_dir=source_dir, allow_miss=allow_miss)
+            return
+        if prompt is None:
+            from textloc.errors import InputError
+
+            raise InputError("Expected --prompt (the source prompt with the text in quotes) or --image")
         # 1. Check every option before a model loads.
         text = check_new_text(None, to)
         replace_quoted(prompt, text, span)  # no quotes / bad span
