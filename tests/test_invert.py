@@ -129,3 +129,28 @@ def test_input_errors_before_any_work() -> None:
         edit_image(pipe, source, "cat", text="CAT", ocr=None)
     with pytest.raises(InputError, match="image"):
         image_array(np.zeros((4, 4)), None)
+
+
+def test_cli_edit_image_writes_source_reconstruction_and_edit(tmp_path, capsys) -> None:
+    """``textloc edit --image``: every output of the issue is written; bad input fails in one line, nothing written."""
+    import json
+
+    from conftest import run_main
+    from PIL import Image
+
+    picture = tmp_path / "sign.png"
+    Image.fromarray((np.random.default_rng(2).random((32, 32, 3)) * 255).astype(np.uint8)).save(picture)
+    out = tmp_path / "out"
+    base = ["edit", "--image", str(picture), "--to", "dog", "--text", "cat", "--model", "tiny:sd15", "--layers", "0",
+            "--steps", "2", "--guidance", "2", "--ocr", "none", "--allow-miss"]
+    code, _ = run_main([*base, "--out", str(out)], capsys)
+    assert code == 0
+    for name in ("source.png", "reconstruction.png", "edited.png", "side_by_side.png", "plan.json", "metrics.json"):
+        assert (out / name).is_file(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["metrics"]["reconstruction"]["psnr"] > 0 and metrics["inversion"]["renoise"] == 0
+    code, err = run_main(["edit", "--image", str(tmp_path / "missing.png"), "--to", "dog", "--text", "cat",
+                          "--out", str(tmp_path / "never")], capsys)
+    assert code == 2 and "readable image" in err and not (tmp_path / "never").exists()
+    code, err = run_main(["edit", "--to", "dog", "--out", str(tmp_path / "never")], capsys)
+    assert code == 2 and "--prompt" in err
