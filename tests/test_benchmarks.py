@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a browser / subprocess: `-m 'not slow'` skips it during development
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import ast
 import errno
 import importlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -226,7 +225,6 @@ def test_python_m_textloc(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("RUN_SLOW"), reason="slow: RUN_SLOW=1")
 def test_ctrl_c_exits_130_and_the_run_resumes(tmp_path: Path) -> None:
     """SIGINT during a localization: one line, exit 130; the same command then finishes from the folder."""
     import signal

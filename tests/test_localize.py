@@ -296,7 +296,7 @@ def test_the_reader_comes_from_the_model_profile(tmp_path, monkeypatch) -> None:
     assert {r["exact"] for r in result.records} == {True, False}  # CAT is the target of one pair only
 
 
-_SLOW = [pytest.mark.slow, pytest.mark.skipif(not os.environ.get("RUN_SLOW"), reason="slow: RUN_SLOW=1")]
+_SLOW = [pytest.mark.slow]
 
 
 @pytest.mark.parametrize("search", ["exhaustive", pytest.param("adaptive", marks=_SLOW)])

@@ -29,6 +29,8 @@ import pytest
 
 from textloc.errors import ModelLoadError
 
+pytestmark = pytest.mark.slow  # a browser / subprocess: `-m 'not slow'` skips it during development
+
 REPO = Path(__file__).resolve().parents[1]
 DOCS_SCREENSHOT = REPO / "docs" / "ui_screenshot.png"
 PROMPT = 'a blue sign with yellow letters that says "CAT"'
