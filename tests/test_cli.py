@@ -290,3 +290,17 @@ def test_read_only_parent_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(options.os, "access", lambda path, mode: Path(path) != tmp_path)
     with pytest.raises(InputError, match="read-only"):
         options.check_output_path(tmp_path / "run")
+
+
+def test_generate_warns_about_text_the_model_cannot_draw(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """generate promises no exact text: text outside the render limits is a warning, and the image is written."""
+    out = tmp_path / "b.png"
+    sys.argv = ["textloc", "generate", "-p", 'a sign that says "BANANAS"', "--steps", "2", "-o", str(out)]
+    try:
+        with pytest.raises(SystemExit) as info:
+            main()
+    finally:
+        sys.argv = ["textloc"]
+    err = capsys.readouterr().err
+    assert info.value.code == 0 and out.is_file()
+    assert "warning: the model cannot render 'BANANAS'" in err and "at most 6" in err

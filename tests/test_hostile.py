@@ -61,7 +61,6 @@ MATCH = {
     "generate-plan-binary": "UTF-8", "generate-plan-corrupt": "patch plan JSON", "generate-plan-array": "JSON object",
     "generate-plan-unknown-fields": "no_such_key", "generate-plan-is-a-folder": "is a folder",
     "generate-model-missing-folder": "no_model", "generate-model-unknown-tiny": "nosuch",
-    "generate-embedded-unrenderable": "cannot render",
     "layers-unknown-option": "No such option: --bogus", "layers-model-missing-folder": "no_model",
     "layers-model-unknown-tiny": "nosuch",
     "localize-no-options": "Missing option '--out'", "localize-n-pairs-0": "'--n-pairs'",
@@ -145,8 +144,6 @@ CASES = [
     case("generate-plan-is-a-folder", [*G, "--plan", "{in}/folder"], kind="line"),
     case("generate-model-missing-folder", [*G, "--model", "{in}/no_model"], kind="line"),
     case("generate-model-unknown-tiny", [*G, "--model", "tiny:nosuch"], kind="line"),
-    case("generate-embedded-unrenderable", ["generate", "-p", 'a sign "HELLO WORLD"', "-o", "{out}.png"],
-         kind="line"),
     # -- layers --------------------------------------------------------------------------------------------
     case("layers-unknown-option", ["layers", "--bogus"]),
     case("layers-model-missing-folder", ["layers", "--model", "{in}/no_model"], kind="line"),

@@ -182,9 +182,13 @@ def generate(
     pipe = load_pipeline(model)
     check_for_model(pipe, steps=steps)
     profile = profile_for(pipe)
-    if profile.rendered_text is not None:  # text the model cannot draw would come out as garbage
-        for text in profile.rendered_text(target or prompt):
-            profile.render_limits.check(text, what="the quoted text")
+    from textloc.data.quotes import quoted_texts
+
+    for text in quoted_texts(target or prompt):  # generate promises no exact text: warn, then draw anyway
+        problems = profile.render_limits.problems(text)
+        if problems:
+            typer.echo(f"warning: the model cannot render {text!r} as written: {'; '.join(problems)} "
+                       f"({profile.render_limits.description}); expect other text in the image", err=True)
     kwargs: dict = {"generator": torch.Generator().manual_seed(seed)}
     if steps is not None:
         kwargs["num_inference_steps"] = steps
