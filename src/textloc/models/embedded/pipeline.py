@@ -30,7 +30,29 @@ def coordinate_channels(batch: int, height: int, width: int, device: torch.devic
     return grid[None].expand(batch, -1, -1, -1)
 
 
-class EmbeddedTextPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
+class OwnTokenizerMixin:
+    """For textloc's own pipelines, whose tokenizer is not a transformers class: diffusers saves and loads the
+    models and the scheduler, and the tokenizer is saved beside them in ``tokenizer/`` (both embedded models)."""
+
+    #: the attribute holding the denoiser, switched to eval mode after loading
+    denoiser_name = "unet"
+
+    @classmethod
+    def from_pretrained_dir(cls, directory: str | Path, **kwargs: Any) -> Any:
+        """Load a folder written by ``save_pretrained`` (the tokenizer lives in ``tokenizer/``)."""
+        directory = Path(directory)
+        tokenizer = EmbeddedTokenizer.from_pretrained(directory / "tokenizer")
+        pipe = cls.from_pretrained(str(directory), tokenizer=tokenizer, **kwargs)  # type: ignore[attr-defined]
+        getattr(pipe, cls.denoiser_name).eval()
+        pipe.text_encoder.eval()
+        return pipe
+
+    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:
+        super().save_pretrained(save_directory, **kwargs)  # type: ignore[misc]
+        self.tokenizer.save_pretrained(Path(save_directory) / "tokenizer")  # type: ignore[attr-defined]
+
+
+class EmbeddedTextPipeline(OwnTokenizerMixin, DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     r"""Text-to-image pipeline of textloc's embedded model.
 
     Args:
@@ -53,21 +75,6 @@ class EmbeddedTextPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     ) -> None:
         super().__init__()
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
-
-    @classmethod
-    def from_pretrained_dir(cls, directory: str | Path, **kwargs: Any) -> EmbeddedTextPipeline:
-        """Load a folder written by ``save_pretrained`` (the tokenizer lives in ``tokenizer/``)."""
-        directory = Path(directory)
-        tokenizer = EmbeddedTokenizer.from_pretrained(directory / "tokenizer")
-        pipe = cls.from_pretrained(str(directory), tokenizer=tokenizer, **kwargs)
-        pipe.unet.eval()
-        pipe.text_encoder.eval()
-        return pipe
-
-    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:  # type: ignore[override]
-        """diffusers saves the models and scheduler; the tokenizer is ours, so save it next to them."""
-        super().save_pretrained(save_directory, **kwargs)
-        self.tokenizer.save_pretrained(Path(save_directory) / "tokenizer")
 
     @property
     def native_size(self) -> tuple[int, int]:

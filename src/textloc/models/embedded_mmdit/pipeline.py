@@ -37,6 +37,7 @@ from diffusers.loaders import SD3LoraLoaderMixin
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from textloc.models.embedded.pipeline import OwnTokenizerMixin
 from textloc.models.embedded.renderer import HEIGHT, WIDTH
 from textloc.models.embedded.text_encoder import EmbeddedTextEncoder
 from textloc.models.embedded.tokenizer import EmbeddedTokenizer
@@ -65,7 +66,7 @@ def encode_text(text_encoder: EmbeddedTextEncoder, tokenizer: EmbeddedTokenizer,
     return embeds, pooled_text(embeds, mask)
 
 
-class EmbeddedMMDiTPipeline(DiffusionPipeline, SD3LoraLoaderMixin):
+class EmbeddedMMDiTPipeline(OwnTokenizerMixin, DiffusionPipeline, SD3LoraLoaderMixin):
     r"""Text-to-image pipeline of textloc's embedded MMDiT model.
 
     Args:
@@ -80,6 +81,7 @@ class EmbeddedMMDiTPipeline(DiffusionPipeline, SD3LoraLoaderMixin):
     # LoRA files in diffusers' SD3 format load with `pipe.load_lora_weights` (transformer only).
     _lora_loadable_modules = ["transformer"]
     transformer_name = "transformer"
+    denoiser_name = "transformer"
     _optional_components: list[str] = []
 
     def __init__(
@@ -92,21 +94,6 @@ class EmbeddedMMDiTPipeline(DiffusionPipeline, SD3LoraLoaderMixin):
         super().__init__()
         self.register_modules(transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer,
                               scheduler=scheduler)
-
-    @classmethod
-    def from_pretrained_dir(cls, directory: str | Path, **kwargs: Any) -> EmbeddedMMDiTPipeline:
-        """Load a folder written by ``save_pretrained`` (the tokenizer lives in ``tokenizer/``)."""
-        directory = Path(directory)
-        tokenizer = EmbeddedTokenizer.from_pretrained(directory / "tokenizer")
-        pipe = cls.from_pretrained(str(directory), tokenizer=tokenizer, **kwargs)
-        pipe.transformer.eval()
-        pipe.text_encoder.eval()
-        return pipe
-
-    def save_pretrained(self, save_directory: str | Path, **kwargs: Any) -> None:  # type: ignore[override]
-        """diffusers saves the models (safetensors) and scheduler; the tokenizer is ours, so save it beside."""
-        super().save_pretrained(save_directory, **kwargs)
-        self.tokenizer.save_pretrained(Path(save_directory) / "tokenizer")
 
     def load_lora_weights(  # type: ignore[override]
         self,
