@@ -116,6 +116,9 @@ def test_localize_on_tiny_pipeline_writes_everything(tmp_path) -> None:
     for name in ("results.jsonl", "summary.json", "config.json", "layers.png", "heatmap.png", "curve.png",
                  "report.html", "examples_best.png"):
         assert (out / name).exists(), name
+    page = (out / "report.html").read_text()
+    assert "How to read this report" in page and "source kept" in page and "full-score set" in page
+    assert json.loads(page.split("<h2>Config</h2><pre>")[1].split("</pre>")[0].replace("&quot;", '"'))  # JSON
     assert s["bounds"]["all"]["exact"] == 1.0  # all layers patched == the target's generation
     assert s["bounds"]["none"]["exact"] == 0.0
     assert s["bounds"]["target"]["exact"] == 1.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,30 @@ from textloc.runs.grids import image_grid
 from textloc.runs.io import atomic_write_bytes
 
 METRICS = ("exact", "f1", "cer", "source_exact", "ssim")
+#: One name per metric, the same in every table and figure of the report.
+METRIC_LABELS = {"exact": "exact", "f1": "F1", "cer": "CER", "source_exact": "source kept", "ssim": "SSIM",
+                 "psnr": "PSNR"}
+#: What a reader of report.html needs to know to read its numbers (issue #18).
+LEGEND = """<h2>How to read this report</h2><dl>
+<dt>exact</dt><dd>share of pairs whose image, read by OCR, shows the <i>target</i> text exactly (the patch
+worked).</dd>
+<dt>F1 / CER</dt><dd>word-level F1 of the OCR reading against the target text; character error rate
+(0 = perfect).</dd>
+<dt>source kept</dt><dd>share of pairs whose image still shows the <i>source</i> text exactly (the patch did
+nothing to the text).</dd>
+<dt>SSIM / PSNR</dt><dd>similarity of the patched image to the unpatched source image (1 / high = unchanged;
+identical images count as 100 dB).</dd>
+<dt>none / all / target rows</dt><dd><b>none</b>: the source prompt with no patch (the floor);
+<b>all</b>: every text layer patched (the score the selection is measured against);
+<b>target</b>: the target prompt's own image (the ceiling).</dd>
+<dt>chosen layers</dt><dd>the smallest k best layers whose exact rate reaches the stated fraction of the
+all-layers rate.</dd>
+<dt>why editing may use more layers</dt><dd>editing uses the <i>full-score set</i>: the smallest k best layers
+that reach the all-layers rate itself (<code>full_score_layers</code> in summary.json when the curve was
+measured that far). On the embedded model layer 4 picks the glyphs, but layers 0 and 1 decide how many
+character slots there are, so edits that change the length need 4 + 0 + 1.</dd>
+<dt>pairs seen / dropped after</dt><dd>adaptive search: how many pairs a layer was scored on before the racing
+rule stopped it (see the Search section).</dd></dl>"""
 
 
 def _short(name: str) -> str:
@@ -65,7 +90,7 @@ def plot_heatmap(summary: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(per_layer) + 2), 2.8))
     image = ax.imshow(data, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_yticks(range(len(METRICS)))
-    ax.set_yticklabels(METRICS, fontsize=8)
+    ax.set_yticklabels([METRIC_LABELS[m] for m in METRICS], fontsize=8)
     ax.set_xticks(range(len(per_layer)))
     ax.set_xticklabels([str(p["index"]) for p in per_layer], fontsize=7)
     ax.set_xlabel("text layer (execution order)")
@@ -158,7 +183,7 @@ def write_report(folder: Any, summary: dict[str, Any], images: dict, pairs: list
                           for v in ("none", "all", "target"))
     grids_html = "".join(f"<h3>{tag} layer: <code>{html.escape(name)}</code></h3><img src='examples_{tag}.png'>"
                          for tag, name in grids)
-    cfg = html.escape(str(summary["config"]))
+    cfg = html.escape(json.dumps(summary["config"], indent=1, sort_keys=True, default=str))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>textloc localization</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}td,th{{padding:2px 8px;text-align:right}}
 tr.chosen{{background:#fdd}}code{{font-size:90%}}</style></head><body>
@@ -169,6 +194,7 @@ for n in summary['chosen_layers'])}</p>
 <p>Selection: smallest k whose exact-match rate reaches {summary['fraction']:.0%} of the all-layers rate
 ({_fmt(summary['all_layers_score'])} → threshold {_fmt(summary['threshold'])}). {summary['n_pairs']} pairs.</p>
 <img src="layers.png"><img src="curve.png"><img src="heatmap.png">
+{LEGEND}
 {search_html(summary)}
 <h2>Bounds</h2><table><tr><th>variant</th><th>exact</th><th>F1</th><th>CER</th><th>SSIM to source</th></tr>
 {bounds_html}</table>
@@ -232,5 +258,6 @@ def write_heads_report(folder: Any, summary: dict[str, Any]) -> None:
 tr.chosen{{background:#fdd}}code{{font-size:90%}}</style></head><body>
 <h1>Head localization</h1><p>{summary['n_pairs']} pairs; search: {html.escape(str(search))}.</p>
 {''.join(parts)}
-<h2>Config</h2><pre>{html.escape(str(summary['config']))}</pre></body></html>"""
+<h2>Config</h2><pre>{html.escape(json.dumps(summary['config'], indent=1, sort_keys=True, default=str))}</pre>
+</body></html>"""
     folder.write_text("report.html", page)
