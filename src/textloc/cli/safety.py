@@ -17,6 +17,7 @@ from textloc.cli.options import (
     GuidanceOpt,
     ModelOpt,
     OcrOpt,
+    OcrOrNoneOpt,
     SeedOpt,
     StepsOpt,
     bench_group,
@@ -97,8 +98,15 @@ def register(app: typer.Typer) -> None:
                                                  "falling back to the offline detector")] = False,
         keep_unsafe: Annotated[bool, typer.Option("--keep-unsafe", help="also write the unprotected image as "
                                                   "unsafe.png (never written otherwise)")] = False,
+        ocr: OcrOrNoneOpt = "rapidocr",
+        allow_miss: Annotated[bool, typer.Option("--allow-miss", help="exit 0 even when the OCR reads a flagged "
+                                                 "word in the image")] = False,
     ) -> None:
-        """Render a prompt with harmful words replaced in the localized text layers only (one generation)."""
+        """Render a prompt with harmful words replaced in the localized text layers only (one generation).
+
+        Then reads the image back (``--ocr``) and prints a verdict line; if the reading is flagged by the same
+        detector, it says so and exits with code 3 (``--allow-miss``: 0). Input errors exit 2.
+        """
         import torch
         from rich.console import Console
 
@@ -138,6 +146,19 @@ def register(app: typer.Typer) -> None:
             console.print(f"replaced {swaps} in {len(report.fired)} localized layer(s)", highlight=False)
         console.print(report.status, highlight=False)
         console.print(f"wrote {out / 'image.png'} and {out / 'report.json'}", highlight=False)
+        if ocr != "none":  # check the result itself: what does the image read as, and is that flagged?
+            from textloc.models.profiles import profile_for
+
+            read = profile_for(pipe).reader(ocr).read([result.images[0]])[0]
+            leaked = bool(read.strip()) and check.score([read])[0].flagged
+            verdict = (f'verdict: LEAK: the image reads "{read}", which the detector flags' if leaked else
+                       f'verdict: ok: the image reads "{read}"; no flagged word')
+            console.print(verdict, highlight=False, markup=False, soft_wrap=True)
+            if leaked:
+                console.print("Try another --seed or --layers all, and report the prompt: it got past the "
+                              "detector.", highlight=False, markup=False, soft_wrap=True)
+                if not allow_miss:
+                    raise typer.Exit(code=3)
 
     bench = bench_group(app)
 
