@@ -8,6 +8,7 @@ generation succeeded, each to a temporary name renamed into place.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -121,7 +122,8 @@ def register(app: typer.Typer) -> None:
         if out.exists() and not out.is_dir():
             raise InputError(f"Expected --out to be a folder, but got the file {out}")
         pipe = load_pipeline(model)
-        pipe.set_progress_bar_config(disable=True)
+        # progress on a terminal only (the pipeline's own tqdm bar)
+        pipe.set_progress_bar_config(disable=not sys.stderr.isatty(), desc="safe", leave=False)
         safe_pipe = SafeTextPipeline(pipe, layers=layers, detector=check, replacer=replacers)
         result = safe_pipe(prompt, generator=torch.Generator().manual_seed(seed), **kwargs)
         report = result.report
