@@ -181,8 +181,11 @@ def generate(
             raise InputError(f"Expected --plan {plan} to be a patch plan JSON, but it is not ({err})") from None
     pipe = load_pipeline(model)
     check_for_model(pipe, steps=steps)
-    if sys.stderr.isatty():  # progress on a terminal only (the pipeline's own tqdm bar)
-        pipe.set_progress_bar_config(disable=False, desc="generate", leave=False)
+    if sys.stderr.isatty():  # progress on a terminal only: the pipeline's own bar (loading bars stay off)
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.enable_progress_bar()
+        pipe.set_progress_bar_config(desc="generate", leave=False)
     profile = profile_for(pipe)
     from textloc.data.quotes import quoted_texts
 

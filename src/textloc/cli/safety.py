@@ -122,8 +122,12 @@ def register(app: typer.Typer) -> None:
         if out.exists() and not out.is_dir():
             raise InputError(f"Expected --out to be a folder, but got the file {out}")
         pipe = load_pipeline(model)
-        # progress on a terminal only (the pipeline's own tqdm bar)
-        pipe.set_progress_bar_config(disable=not sys.stderr.isatty(), desc="safe", leave=False)
+        pipe.set_progress_bar_config(disable=True)
+        if sys.stderr.isatty():  # progress on a terminal only: the pipeline's own bar (loading bars stay off)
+            from diffusers.utils import logging as diffusers_logging
+
+            diffusers_logging.enable_progress_bar()
+            pipe.set_progress_bar_config(desc="safe", leave=False)
         safe_pipe = SafeTextPipeline(pipe, layers=layers, detector=check, replacer=replacers)
         result = safe_pipe(prompt, generator=torch.Generator().manual_seed(seed), **kwargs)
         report = result.report
