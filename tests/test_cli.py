@@ -304,3 +304,22 @@ def test_generate_warns_about_text_the_model_cannot_draw(tmp_path: Path, capsys:
     err = capsys.readouterr().err
     assert info.value.code == 0 and out.is_file()
     assert "warning: the model cannot render 'BANANAS'" in err and "at most 6" in err
+
+
+def test_generate_reads_its_text_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """With quoted text, generate prints a verdict from the model's own reader (exit 0 either way)."""
+    from textloc.models.profiles import ModelProfile
+
+    class Reader:
+        def read(self, images):
+            return ["CAR" for _ in images]
+
+    monkeypatch.setattr(ModelProfile, "reader", lambda self, ocr="rapidocr": Reader())
+    out = tmp_path / "c.png"
+    monkeypatch.setattr(sys, "argv", ["textloc", "generate", "-p", 'a sign that says "cat"', "--steps", "2",
+                                      "-o", str(out)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 0 and out.is_file()
+    assert 'verdict: MISSED: read "CAR", asked for "CAT"' in capsys.readouterr().out

@@ -36,6 +36,7 @@ from textloc.cli.options import (  # noqa: E402
     GuidanceOpt,
     ModelOpt,
     OcrOpt,
+    OcrOrNoneOpt,
     SeedOpt,
     StepsOpt,
     check_for_model,
@@ -159,8 +160,13 @@ def generate(
     guidance: GuidanceOpt = None,
     plan: Annotated[Path | None, in_file_option("--plan", "patch plan JSON to run under")] = None,
     target: Annotated[str | None, typer.Option(help="target prompt (overrides the plan's)")] = None,
+    ocr: OcrOrNoneOpt = "rapidocr",
 ) -> None:
-    """Render one image, optionally under a patch plan."""
+    """Render one image, optionally under a patch plan.
+
+    With quoted text in the prompt, the image is read back (``--ocr``; ``none`` skips it) and a verdict line says
+    whether the text came out as asked. Generation promises no exact text, so the exit code stays 0.
+    """
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg"):
         raise InputError(f"Expected --out to end in .png or .jpg, but got {out}")
     import torch
@@ -203,6 +209,17 @@ def generate(
     save_image_atomic(result.images[0], out)
     fired = f" (patched {len(result.fired)} layer(s))" if result.fired else ""
     console.print(f"wrote {out}{fired}", markup=False, highlight=False)
+    expected = " ".join(quoted_texts(target or prompt))
+    if expected.strip() and ocr != "none":
+        from textloc.eval.scoring import text_scores
+
+        read = profile.reader(ocr).read([result.images[0]])[0]
+        drawn = profile.render_limits.apply_case(expected)
+        if text_scores(read, drawn).exact:
+            console.print(f'verdict: ok: read "{read}" (exact)', markup=False, highlight=False, soft_wrap=True)
+        else:
+            console.print(f'verdict: MISSED: read "{read}", asked for "{drawn}"; try another --seed',
+                          markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("train-embedded")
