@@ -195,7 +195,17 @@ def _type(driver: Any, elem_id: str, text: str, commit: bool = False) -> None:
     if commit:  # a dropdown: Enter picks the matching option (or the custom value) and closes the list
         box.send_keys(Keys.ENTER)
         driver.execute_script("arguments[0].blur()", box)
-        _wait(driver, lambda d: not [o for o in _all(d, "[role=option]") if o.is_displayed()], "the list to close")
+        _wait(driver, lambda d: not [o for o in _all(d, "[role=option]") if _shown(o)], "the list to close")
+
+
+def _shown(element: Any) -> bool:
+    """Whether ``element`` is on screen; one that left the page while we looked (stale) is not."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        return element.is_displayed()
+    except StaleElementReferenceException:
+        return False
 
 
 def _image_src(driver: Any, elem_id: str) -> str:
