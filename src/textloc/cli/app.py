@@ -47,6 +47,7 @@ from textloc.cli.options import (  # noqa: E402
     out_dir_option,
     out_file_option,
     seed_option,
+    show_progress,
     steps_option,
 )
 from textloc.errors import InputError, TextlocError, describe_decode_error, describe_os_error  # noqa: E402
@@ -187,11 +188,7 @@ def generate(
             raise InputError(f"Expected --plan {plan} to be a patch plan JSON, but it is not ({err})") from None
     pipe = load_pipeline(model)
     check_for_model(pipe, steps=steps)
-    if sys.stderr.isatty():  # progress on a terminal only: the pipeline's own bar (loading bars stay off)
-        from diffusers.utils import logging as diffusers_logging
-
-        diffusers_logging.enable_progress_bar()
-        pipe.set_progress_bar_config(desc="generate", leave=False)
+    show_progress(pipe, "generate")
     profile = profile_for(pipe)
     from textloc.data.quotes import quoted_texts
 

@@ -250,3 +250,15 @@ def bench_group(app: typer.Typer) -> typer.Typer:
     bench = typer.Typer(no_args_is_help=True, help="Benchmarks.")
     app.add_typer(bench, name="bench")
     return bench
+
+
+def show_progress(pipe: Any, desc: str) -> None:
+    """The pipeline's own progress bar, on a terminal only (the CLI keeps diffusers' loading bars off)."""
+    import sys
+
+    pipe.set_progress_bar_config(disable=True)
+    if sys.stderr.isatty():
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.enable_progress_bar()
+        pipe.set_progress_bar_config(desc=desc, leave=False)

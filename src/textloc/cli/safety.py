@@ -8,7 +8,6 @@ generation succeeded, each to a temporary name renamed into place.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,6 +26,7 @@ from textloc.cli.options import (
     number_option,
     out_dir_option,
     seed_option,
+    show_progress,
 )
 from textloc.errors import InputError
 from textloc.runs.io import atomic_write_bytes, image_bytes
@@ -122,12 +122,7 @@ def register(app: typer.Typer) -> None:
         if out.exists() and not out.is_dir():
             raise InputError(f"Expected --out to be a folder, but got the file {out}")
         pipe = load_pipeline(model)
-        pipe.set_progress_bar_config(disable=True)
-        if sys.stderr.isatty():  # progress on a terminal only: the pipeline's own bar (loading bars stay off)
-            from diffusers.utils import logging as diffusers_logging
-
-            diffusers_logging.enable_progress_bar()
-            pipe.set_progress_bar_config(desc="safe", leave=False)
+        show_progress(pipe, "safe")
         safe_pipe = SafeTextPipeline(pipe, layers=layers, detector=check, replacer=replacers)
         result = safe_pipe(prompt, generator=torch.Generator().manual_seed(seed), **kwargs)
         report = result.report
